@@ -1,0 +1,350 @@
+//! `gatehouse.toml`: gateway-wide settings (listeners, limits, timeouts, JWT
+//! keys). Paths inside it are relative to the file's own folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Bytes, ConfigError, Dur, line_of, parse, read};
+
+/// Environment variable that overrides `auth.hs256_secret`.
+pub const SECRET_ENV: &str = "GATEHOUSE_JWT_SECRET";
+/// Shortest HS256 secret accepted (RFC 7518 §3.2: a key of at least 256 bits).
+const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    upstream: RawUpstream,
+    auth: RawAuth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: Spanned<String>,
+    admin: Spanned<String>,
+    routes_dir: PathBuf,
+    plugins_dir: PathBuf,
+    max_connections: usize,
+    header_read_timeout: Dur,
+    max_header_bytes: Bytes,
+    max_headers: usize,
+    max_body: Bytes,
+    shutdown_grace: Dur,
+    trusted_proxies: Vec<Spanned<String>>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: Spanned::new(0..0, "0.0.0.0:8080".into()),
+            admin: Spanned::new(0..0, "127.0.0.1:9901".into()),
+            routes_dir: "routes".into(),
+            plugins_dir: "plugins".into(),
+            max_connections: 10_000,
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_header_bytes: Bytes(64 << 10),
+            max_headers: 100,
+            max_body: Bytes(10 << 20),
+            shutdown_grace: Dur(Duration::from_secs(30)),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    connect_timeout: Dur,
+    first_byte_timeout: Dur,
+    idle_timeout: Dur,
+    pool_idle_timeout: Dur,
+    pool_max_idle_per_host: usize,
+    max_response_header_bytes: Bytes,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            connect_timeout: Dur(Duration::from_secs(2)),
+            first_byte_timeout: Dur(Duration::from_secs(15)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            pool_idle_timeout: Dur(Duration::from_secs(90)),
+            pool_max_idle_per_host: 256,
+            max_response_header_bytes: Bytes(64 << 10),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    hs256_secret: Option<String>,
+    issuer: Vec<String>,
+    audience: Vec<String>,
+    leeway: Dur,
+    cache_size: usize,
+    keys: Vec<RawKey>,
+    jwks: Option<RawJwks>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            hs256_secret: None,
+            issuer: Vec::new(),
+            audience: Vec::new(),
+            leeway: Dur(Duration::from_secs(30)),
+            cache_size: 10_000,
+            keys: Vec::new(),
+            jwks: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    kid: Option<String>,
+    alg: Spanned<String>,
+    pem_file: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    file: Option<Spanned<PathBuf>>,
+    url: Option<Spanned<String>>,
+    refresh: Option<Dur>,
+    min_refetch_interval: Option<Dur>,
+}
+
+/// Validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from (for messages), or `None` for built-in defaults.
+    pub file: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub routes_dir: PathBuf,
+    pub plugins_dir: PathBuf,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Default request body cap for routes that do not set their own.
+    pub max_body: u64,
+    pub shutdown_grace: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub max_response_header_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub hs256_secret: Option<Vec<u8>>,
+    pub issuer: Vec<String>,
+    pub audience: Vec<String>,
+    pub leeway: Duration,
+    pub cache_size: usize,
+    pub keys: Vec<KeyConfig>,
+    pub jwks: Option<JwksConfig>,
+}
+
+impl AuthConfig {
+    /// True when at least one verification key is configured.
+    pub fn has_keys(&self) -> bool {
+        self.hs256_secret.is_some() || !self.keys.is_empty() || self.jwks.is_some()
+    }
+}
+
+/// A public key from a PEM file, pinned to one algorithm.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub kid: Option<String>,
+    pub alg: jsonwebtoken::Algorithm,
+    pub pem: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub enum JwksConfig {
+    File(PathBuf),
+    Url {
+        url: String,
+        refresh: Duration,
+        min_refetch_interval: Duration,
+    },
+}
+
+impl Config {
+    /// Loads `path`; when `path` is `None` and `./gatehouse.toml` is absent,
+    /// the built-in defaults apply.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (file, src) = match path {
+            Some(p) => (Some(p.to_path_buf()), read(p)?),
+            None if Path::new("gatehouse.toml").exists() => (Some(PathBuf::from("gatehouse.toml")), read(Path::new("gatehouse.toml"))?),
+            None => (None, String::new()),
+        };
+        let shown = file.clone().unwrap_or_else(|| PathBuf::from("<defaults>"));
+        let raw: RawConfig = parse(&shown, &src)?;
+        let base = file.as_deref().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+        let at = |offset: usize| Some(line_of(&src, offset));
+        let err = |offset: usize, msg: String| ConfigError::new(&shown, at(offset), msg);
+
+        let addr = |s: &Spanned<String>, what: &str| {
+            s.get_ref().parse::<SocketAddr>().map_err(|_| {
+                err(
+                    s.span().start,
+                    format!("{what}: {:?} is not an address like 0.0.0.0:8080", s.get_ref()),
+                )
+            })
+        };
+        let s = &raw.server;
+        let server = ServerConfig {
+            listen: addr(&s.listen, "server.listen")?,
+            admin: addr(&s.admin, "server.admin")?,
+            routes_dir: base.join(&s.routes_dir),
+            plugins_dir: base.join(&s.plugins_dir),
+            max_connections: s.max_connections.max(1),
+            header_read_timeout: s.header_read_timeout.0,
+            max_header_bytes: s.max_header_bytes.0.clamp(8 << 10, 16 << 20) as usize,
+            max_headers: s.max_headers.max(8),
+            max_body: s.max_body.0,
+            shutdown_grace: s.shutdown_grace.0,
+            trusted_proxies: s
+                .trusted_proxies
+                .iter()
+                .map(|c| {
+                    parse_cidr(c.get_ref()).ok_or_else(|| {
+                        err(
+                            c.span().start,
+                            format!("trusted_proxies: {:?} is not an address or CIDR", c.get_ref()),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if server.listen == server.admin && server.listen.port() != 0 {
+            return Err(err(
+                s.admin.span().start,
+                "server.admin must not be the public listen address".into(),
+            ));
+        }
+
+        let u = &raw.upstream;
+        let upstream = UpstreamConfig {
+            connect_timeout: u.connect_timeout.0,
+            first_byte_timeout: u.first_byte_timeout.0,
+            idle_timeout: u.idle_timeout.0,
+            pool_idle_timeout: u.pool_idle_timeout.0,
+            pool_max_idle_per_host: u.pool_max_idle_per_host,
+            max_response_header_bytes: u.max_response_header_bytes.0.clamp(8 << 10, 16 << 20) as usize,
+        };
+
+        let a = raw.auth;
+        let secret = std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty()).or(a.hs256_secret);
+        if let Some(secret) = &secret
+            && secret.len() < MIN_SECRET_BYTES
+        {
+            return Err(ConfigError::new(
+                &shown,
+                None,
+                format!("the HS256 secret (auth.hs256_secret or {SECRET_ENV}) must be at least {MIN_SECRET_BYTES} bytes"),
+            ));
+        }
+        let keys = a.keys.iter().map(|k| load_key(k, &base, &shown, &src)).collect::<Result<_, _>>()?;
+        let jwks = a.jwks.map(|j| jwks_config(j, &base, &shown, &src)).transpose()?;
+        let auth = AuthConfig {
+            hs256_secret: secret.map(String::into_bytes),
+            issuer: a.issuer,
+            audience: a.audience,
+            leeway: a.leeway.0,
+            cache_size: a.cache_size,
+            keys,
+            jwks,
+        };
+        Ok(Config {
+            file,
+            server,
+            upstream,
+            auth,
+        })
+    }
+}
+
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn load_key(k: &RawKey, base: &Path, file: &Path, src: &str) -> Result<KeyConfig, ConfigError> {
+    use jsonwebtoken::Algorithm::*;
+    let alg = match k.alg.get_ref().as_str() {
+        "RS256" => RS256,
+        "RS384" => RS384,
+        "RS512" => RS512,
+        "PS256" => PS256,
+        "ES256" => ES256,
+        "ES384" => ES384,
+        "EdDSA" => EdDSA,
+        other => {
+            let msg = format!(
+                "auth.keys: unsupported alg {other:?} (RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA; HS256 uses hs256_secret)"
+            );
+            return Err(ConfigError::new(file, Some(line_of(src, k.alg.span().start)), msg));
+        }
+    };
+    let path = base.join(k.pem_file.get_ref());
+    let pem = std::fs::read(&path).map_err(|e| {
+        ConfigError::new(
+            file,
+            Some(line_of(src, k.pem_file.span().start)),
+            format!("auth.keys: cannot read {}: {e}", path.display()),
+        )
+    })?;
+    Ok(KeyConfig {
+        kid: k.kid.clone(),
+        alg,
+        pem,
+    })
+}
+
+fn jwks_config(j: RawJwks, base: &Path, file: &Path, src: &str) -> Result<JwksConfig, ConfigError> {
+    match (j.file, j.url) {
+        (Some(f), None) => Ok(JwksConfig::File(base.join(f.into_inner()))),
+        (None, Some(u)) => {
+            if !u.get_ref().starts_with("http://") {
+                let msg = "auth.jwks.url: only http:// URLs are supported (serve the JWKS from a local sidecar or use `file`)";
+                return Err(ConfigError::new(file, Some(line_of(src, u.span().start)), msg));
+            }
+            Ok(JwksConfig::Url {
+                url: u.into_inner(),
+                refresh: j.refresh.map_or(Duration::from_secs(300), |d| d.0),
+                min_refetch_interval: j.min_refetch_interval.map_or(Duration::from_secs(30), |d| d.0),
+            })
+        }
+        _ => Err(ConfigError::new(file, None, "auth.jwks: set exactly one of `file` or `url`")),
+    }
+}

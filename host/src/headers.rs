@@ -1,0 +1,219 @@
+//! Security-relevant header names and the rules that strip them: the one place
+//! that decides what a client may not say about itself.
+//!
+//! Rule of thumb: strip first, then set. Nothing here reads a header value to
+//! decide who the caller is; that is the authenticate stage's job.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Verified user id (JWT `sub`), set only by the gateway.
+pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+/// Verified plan tier (JWT `tier`), set only by the gateway.
+pub const X_USER_TIER: HeaderName = HeaderName::from_static("x-user-tier");
+/// Request correlation id, kept from the client when well formed.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Original `Host` (or HTTP/2 `:authority`).
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Original scheme.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Client address chain.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// RFC 7239 forwarding header; only kept from trusted proxies.
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Common single-address variant; only kept from trusted proxies.
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Non-standard but widely sent; hop-by-hop in practice.
+pub const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// Non-standard but widely sent; hop-by-hop in practice.
+pub const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Prefixes (after lower-casing and mapping `_` to `-`) no client may send.
+const IDENTITY_PREFIXES: &[&str] = &["x-user-"];
+/// Names that describe the client's address or scheme: trusted only from
+/// configured proxies.
+const FORWARDING_PREFIXES: &[&str] = &["x-forwarded-"];
+const FORWARDING_NAMES: &[&str] = &["forwarded", "x-real-ip"];
+/// Request-rewriting overrides some frameworks honour: never from a client.
+const OVERRIDE_NAMES: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones.
+/// (`Trailer` is end-to-end since RFC 9110: it declares the trailers, and
+/// hyper only forwards declared ones.)
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Fields a `Connection:` option must never remove: message framing and the
+/// target are ours to decide.
+static NEVER_CONNECTION_NAMED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
+
+/// How a header name is compared: lower case (HeaderName already is) with
+/// underscores read as dashes, so `X_User_ID` is caught like `X-User-ID`.
+fn canonical(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+fn matches(name: &str, prefixes: &[&str], names: &[&str]) -> bool {
+    prefixes.iter().any(|p| name.starts_with(p)) || names.contains(&name)
+}
+
+/// What a header name is, as far as the identity contract cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Pretends to be verified identity: always dropped.
+    Identity,
+    /// Describes the client's address/scheme/host: kept only from trusted peers.
+    Forwarding,
+    /// A routing override: always dropped.
+    Override,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies a header name.
+pub fn classify(name: &HeaderName) -> Class {
+    let raw = name.as_str();
+    let name = if raw.contains('_') { canonical(raw) } else { raw.to_owned() };
+    // Underscore look-alikes of forwarding headers are never legitimate, even
+    // from a trusted proxy: treat them as forged identity.
+    let lookalike = raw.contains('_');
+    if matches(&name, IDENTITY_PREFIXES, &[]) || (lookalike && name == X_REQUEST_ID.as_str()) {
+        Class::Identity
+    } else if matches(&name, FORWARDING_PREFIXES, FORWARDING_NAMES) {
+        if lookalike { Class::Identity } else { Class::Forwarding }
+    } else if matches(&name, &[], OVERRIDE_NAMES) {
+        Class::Override
+    } else {
+        Class::Other
+    }
+}
+
+/// Removes every header a client may not send. Forwarding headers survive only
+/// when `keep_forwarding` (the peer is a trusted proxy).
+pub fn strip_client_identity(headers: &mut HeaderMap, keep_forwarding: bool) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| match classify(name) {
+            Class::Identity | Class::Override => true,
+            Class::Forwarding => !keep_forwarding,
+            Class::Other => false,
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+/// Removes hop-by-hop fields and every field named in `Connection:` (RFC 9110
+/// §7.6.1), except framing and `Host`. Runs before the gateway sets its own
+/// headers, so a `Connection:` option can never remove what the gateway adds.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| !NEVER_CONNECTION_NAMED.contains(name))
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// True when `value` may be placed in a header verbatim: visible ASCII and
+/// spaces only, no control characters.
+pub fn is_safe_value(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Builds a header value from text already checked with [`is_safe_value`].
+pub fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn identity_in_any_case_duplicate_or_underscore_is_stripped() {
+        let mut h = map(&[
+            ("X-User-ID", "1"),
+            ("x-user-id", "2"),
+            ("X_User_ID", "3"),
+            ("x-user-tier", "pro"),
+            ("X-User-Role", "admin"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("X-Original-URL", "/admin"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("accept", "*/*"),
+        ]);
+        strip_client_identity(&mut h, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn forwarding_kept_only_when_trusted() {
+        let pairs = [
+            ("x-forwarded-for", "1.2.3.4"),
+            ("X-Forwarded-Proto", "https"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+        ];
+        let mut untrusted = map(&pairs);
+        strip_client_identity(&mut untrusted, false);
+        assert!(untrusted.is_empty());
+        let mut trusted = map(&pairs);
+        strip_client_identity(&mut trusted, true);
+        assert_eq!(trusted.len(), 4);
+    }
+
+    #[test]
+    fn connection_named_fields_go_but_never_host_or_length() {
+        let mut h = map(&[
+            ("connection", "close, X-Secret, host, content-length"),
+            ("x-secret", "s"),
+            ("host", "a"),
+            ("content-length", "0"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host", "content-length"]);
+    }
+
+    #[test]
+    fn safe_values() {
+        assert!(is_safe_value("user-42"));
+        assert!(!is_safe_value(""));
+        assert!(!is_safe_value("a\r\nX-User-ID: 1"));
+        assert!(!is_safe_value("tab\there"));
+        assert!(!is_safe_value("é"));
+    }
+}

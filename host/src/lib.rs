@@ -1,0 +1,34 @@
+//! # Gatehouse
+//!
+//! An API gateway: the one public door in front of internal HTTP services.
+//! It verifies the caller's JWT, strips anything a client sent that pretends
+//! to be identity, injects the verified identity headers and proxies.
+//!
+//! # Layout
+//!
+//! ```text
+//! server ──accept──▶ Gateway::handle (pipeline)
+//!                     request_id → admit → route → authenticate → identity → upstream
+//!                     → echo request id → log
+//!   config   gatehouse.toml + routes/*.toml → validated types (file:line errors)
+//!   snapshot immutable Router behind ArcSwap (reload swaps it whole)
+//!   auth     JWT keys pinned per algorithm, JWKS, verified-token cache
+//!   headers  the identity header names and strip rules, in one place
+//!   admin    /healthz /readyz /admin/routes on a separate listener
+//! ```
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod client;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod gateway;
+pub mod headers;
+pub mod path;
+mod pipeline;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod stage;

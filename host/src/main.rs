@@ -1,0 +1,171 @@
+//! The `gatehouse` command: `serve`, `check` and `token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand, ValueEnum};
+use gatehouse::config::Config;
+use gatehouse::gateway::{Gateway, load_snapshot};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "The one public door: JWT-verifying API gateway with WebAssembly route handlers"
+)]
+struct Cli {
+    /// Gateway configuration file [default: ./gatehouse.toml, or built-in defaults if absent]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log format
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway
+    Serve {
+        /// Runtime worker threads [default: one per core]
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Validate the configuration and route files, then exit
+    Check,
+    /// Mint an HS256 token with the configured secret (for development)
+    Token {
+        /// The `sub` claim (becomes X-User-ID)
+        #[arg(long)]
+        sub: String,
+        /// The `tier` claim (becomes X-User-Tier)
+        #[arg(long)]
+        tier: Option<String>,
+        /// Lifetime, e.g. 1h or 15m
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { workers } => {
+            init_logs(cli.log_format);
+            serve(cli.config, workers)
+        }
+        Command::Check => check(cli.config),
+        Command::Token { sub, tier, ttl } => token(cli.config, sub, tier, ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        rt.worker_threads(n.max(1));
+    }
+    rt.enable_all().build().context("starting the runtime")
+}
+
+fn serve(config: Option<PathBuf>, workers: Option<usize>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let snapshot = load_snapshot(&config)?;
+    runtime(workers)?.block_on(async move {
+        let (listen, admin_addr) = (config.server.listen, config.server.admin);
+        let gw = Gateway::new(config, snapshot).await.map_err(|e| anyhow!(e))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let admin = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
+        let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
+        let routes = gw.snapshot().router.routes().len();
+        tracing::info!(%addr, admin = %admin_addr, routes, "listening");
+        gatehouse::server::run(gw, listener, admin, shutdown_signal()).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let snapshot = load_snapshot(&config)?;
+    runtime(Some(1))?
+        .block_on(gatehouse::auth::Verifier::new(&config.auth))
+        .map_err(|e| anyhow!(e))?;
+    let source = config.file.as_ref().map_or("built-in defaults".into(), |f| f.display().to_string());
+    println!(
+        "ok: {source}, {} routes from {}",
+        snapshot.router.routes().len(),
+        config.server.routes_dir.display()
+    );
+    Ok(())
+}
+
+fn token(config: Option<PathBuf>, sub: String, tier: Option<String>, ttl: Duration) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let secret = config
+        .auth
+        .hs256_secret
+        .as_deref()
+        .ok_or_else(|| anyhow!("no HS256 secret: set GATEHOUSE_JWT_SECRET or auth.hs256_secret"))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut claims = json!({"sub": sub, "iat": now, "exp": now + ttl.as_secs()});
+    if let Some(tier) = tier {
+        claims["tier"] = Value::String(tier);
+    }
+    if let Some(iss) = config.auth.issuer.first() {
+        claims["iss"] = Value::String(iss.clone());
+    }
+    if let Some(aud) = config.auth.audience.first() {
+        claims["aud"] = Value::String(aud.clone());
+    }
+    println!("{}", gatehouse::auth::mint_hs256(secret, &claims).map_err(|e| anyhow!(e))?);
+    Ok(())
+}

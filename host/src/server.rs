@@ -1,0 +1,85 @@
+//! The public listener: accept loop with a connection cap, hyper-util's auto
+//! (HTTP/1.1 + h2c) builder with upgrades enabled, and a graceful drain.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::admin;
+use crate::config::ServerConfig;
+use crate::gateway::Gateway;
+
+/// The connection builder. hyper's own limits sit at twice the configured
+/// ones: requests between the two get the gateway's 431 with a JSON body and
+/// request id from the admit stage; beyond that hyper answers 431 itself.
+fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size((cfg.max_header_bytes * 2).max(8192))
+        .max_headers(cfg.max_headers * 2);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size((cfg.max_header_bytes * 2) as u32)
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Serves the public and admin listeners until `shutdown` resolves, then
+/// stops accepting, drains in-flight requests for up to the grace period and
+/// returns.
+pub async fn run(gw: Arc<Gateway>, listener: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
+    let cfg = gw.config.server.clone();
+    let admin_task = tokio::spawn(admin::serve(gw.clone(), admin));
+    let builder = builder(&cfg);
+    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gw.clone();
+        let service = service_fn(move |req| {
+            let gw = gw.clone();
+            async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%peer, error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    gw.start_draining();
+    drop(listener);
+    tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained"),
+        () = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+    admin_task.abort();
+}

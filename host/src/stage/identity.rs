@@ -1,0 +1,57 @@
+//! Stage: identity. Strips everything the client sent that pretends to be
+//! identity or describes its address (unless the peer is a trusted proxy),
+//! removes hop-by-hop fields, then sets the contract headers from verified
+//! values only.
+
+use http::{HeaderMap, HeaderValue, header};
+
+use crate::config::AuthMode;
+use crate::context::RequestCtx;
+use crate::error::GatewayError;
+use crate::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID, X_USER_ID, X_USER_TIER, value};
+
+pub fn apply(ctx: &RequestCtx, h: &mut HeaderMap) -> Result<(), GatewayError> {
+    let route = ctx.route()?;
+    let trusted = ctx.trusted_peer;
+    // Strip first: hop-by-hop (and whatever `Connection:` names), then identity.
+    headers::strip_hop_by_hop(h);
+    headers::strip_client_identity(h, trusted);
+    h.remove(X_REQUEST_ID);
+    if !route.forward_token {
+        h.remove(header::AUTHORIZATION);
+    }
+
+    // Then set, from verified values only.
+    if let Some(id) = ctx.identity.as_ref().filter(|_| route.auth != AuthMode::Public) {
+        h.insert(X_USER_ID, value(&id.sub));
+        if let Some(tier) = &id.tier {
+            h.insert(X_USER_TIER, value(tier));
+        }
+    }
+    h.insert(X_REQUEST_ID, value(&ctx.request_id));
+    let peer = ctx.peer.ip().to_canonical().to_string();
+    let chain = match trusted.then(|| joined(h, &X_FORWARDED_FOR)).flatten() {
+        Some(prior) => format!("{prior}, {peer}"),
+        None => peer,
+    };
+    h.insert(
+        X_FORWARDED_FOR,
+        HeaderValue::from_str(&chain).unwrap_or_else(|_| value(&ctx.peer.ip().to_string())),
+    );
+    if !(trusted && h.contains_key(X_FORWARDED_PROTO)) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !(trusted && h.contains_key(X_FORWARDED_HOST)) {
+        match &ctx.host {
+            Some(host) => h.insert(X_FORWARDED_HOST, host.clone()),
+            None => h.remove(X_FORWARDED_HOST),
+        };
+    }
+    Ok(())
+}
+
+/// All values of a (possibly repeated) header, comma-joined.
+fn joined(h: &HeaderMap, name: &header::HeaderName) -> Option<String> {
+    let parts: Vec<&str> = h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}

@@ -1,0 +1,9 @@
+//! The request stages, one file each, in the order `Gateway::handle` calls them.
+
+pub mod admit;
+pub mod authenticate;
+pub mod identity;
+pub mod log;
+pub mod request_id;
+pub mod route;
+pub mod upstream;

@@ -1,0 +1,102 @@
+//! Stage: upstream. Sends the request to the route's service over the pooled
+//! client, streaming the body both ways: declared bodies over the route's cap
+//! get 413 before connecting, streamed ones when they cross it; connection
+//! failures are 502, timeouts 504; hop-by-hop fields are removed from the
+//! response.
+
+use std::error::Error;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderValue, Request, Response, Version, header};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::body::{BodyTooLarge, GatewayBody, IdleBody, RequestBody};
+use crate::client::UpstreamClient;
+use crate::context::RequestCtx;
+use crate::error::GatewayError;
+use crate::headers::strip_hop_by_hop;
+
+pub async fn forward(ctx: &RequestCtx, req: Request<Incoming>, up: &UpstreamClient) -> Result<Response<GatewayBody>, GatewayError> {
+    let route = ctx.route()?.clone();
+    let (mut parts, body) = req.into_parts();
+
+    // Framing is re-derived from the body: a request that declared both
+    // Content-Length and Transfer-Encoding can never reach the service that way.
+    let declared = body.size_hint().exact();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    if let Some(len) = declared {
+        if len > route.max_body {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        if len > 0 || !matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(host) = &ctx.host
+    {
+        parts.headers.insert(header::HOST, host.clone());
+    }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::builder()
+        .scheme(route.upstream.scheme.clone())
+        .authority(route.upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| GatewayError::Internal(format!("upstream uri: {e}")))?;
+    parts.version = Version::HTTP_11;
+
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let body = RequestBody::new(body, route.max_body, exceeded.clone()).boxed_unsync();
+    let sent = up.client.request(Request::from_parts(parts, body));
+    let resp = match tokio::time::timeout(up.first_byte_timeout, sent).await {
+        Err(_) => {
+            return Err(GatewayError::UpstreamTimeout(format!(
+                "no response from {} within {:?}",
+                route.upstream.authority, up.first_byte_timeout
+            )));
+        }
+        Ok(Err(e)) if exceeded.load(Ordering::Relaxed) || caused_by::<BodyTooLarge>(&e) => return Err(GatewayError::PayloadTooLarge),
+        Ok(Err(e)) => return Err(classify(&e, route.upstream.authority.as_str())),
+        Ok(Ok(resp)) => resp,
+    };
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, IdleBody::new(body, up.idle_timeout).boxed_unsync()))
+}
+
+/// The errors in `err`'s source chain, `err` first.
+fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |e: &&'a (dyn Error + 'static)| (*e).source())
+}
+
+fn caused_by<E: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
+    chain(err).any(|e| e.is::<E>())
+}
+
+fn classify(err: &hyper_util::client::legacy::Error, upstream: &str) -> GatewayError {
+    let timed_out = chain(err)
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
+    let bad_response = chain(err)
+        .filter_map(|e| e.downcast_ref::<hyper::Error>())
+        .any(|h| h.is_parse() || h.is_parse_too_large() || h.is_parse_status());
+    let detail = chain(err).map(ToString::to_string).collect::<Vec<_>>().join(": ");
+    let detail = format!("{upstream}: {detail}");
+    if timed_out {
+        GatewayError::UpstreamTimeout(detail)
+    } else if bad_response && !err.is_connect() {
+        GatewayError::UpstreamBadResponse(detail)
+    } else {
+        GatewayError::UpstreamUnavailable(detail)
+    }
+}
