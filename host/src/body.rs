@@ -102,23 +102,21 @@ where
 pub struct IdleTimeout;
 
 pin_project_lite::pin_project! {
-    /// Fails a streamed body that makes no progress for `idle`.
+    /// Fails a streamed body that makes no progress for `idle`. The timer is
+    /// armed only when the body stalls, so bodies that are ready at once never
+    /// touch the clock or the timer wheel.
     pub struct IdleBody<B> {
         #[pin]
         inner: B,
         idle: Duration,
         #[pin]
-        timer: Sleep,
+        timer: Option<Sleep>,
     }
 }
 
 impl<B> IdleBody<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
-        IdleBody {
-            inner,
-            idle,
-            timer: tokio::time::sleep(idle),
-        }
+        IdleBody { inner, idle, timer: None }
     }
 }
 
@@ -134,12 +132,15 @@ where
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.timer.as_mut().reset(deadline);
+                this.timer.set(None);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                ready!(this.timer.poll(cx));
+                if this.timer.is_none() {
+                    this.timer.set(Some(tokio::time::sleep(*this.idle)));
+                }
+                let timer = this.timer.as_pin_mut().expect("armed just above");
+                ready!(timer.poll(cx));
                 Poll::Ready(Some(Err(Box::new(IdleTimeout))))
             }
         }

@@ -16,7 +16,8 @@ pub struct RequestCtx {
     pub peer: SocketAddr,
     /// The peer is in `trusted_proxies`: its forwarding headers are kept.
     pub trusted_peer: bool,
-    pub request_id: String,
+    /// Checked to be visible ASCII, so `request_id()` never fails.
+    pub request_id: HeaderValue,
     pub method: Method,
     /// The path (no query): as received, then normalized by the route stage.
     pub path: String,
@@ -34,7 +35,7 @@ impl RequestCtx {
             started: Instant::now(),
             peer,
             trusted_peer,
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             method,
             path: raw_path.to_string(),
             host: None,
@@ -42,6 +43,11 @@ impl RequestCtx {
             identity: None,
             error: None,
         }
+    }
+
+    /// The request id as text.
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
     }
 
     /// The matched route. Stages after the route stage may rely on it.

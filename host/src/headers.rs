@@ -60,14 +60,12 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// target are ours to decide.
 static NEVER_CONNECTION_NAMED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
 
-/// How a header name is compared: lower case (HeaderName already is) with
-/// underscores read as dashes, so `X_User_ID` is caught like `X-User-ID`.
-fn canonical(name: &str) -> String {
-    name.replace('_', "-")
-}
-
+/// True when `name` matches one of `prefixes`/`names`, reading `_` as `-`
+/// (so `X_User_ID` is caught like `X-User-ID`) without allocating.
 fn matches(name: &str, prefixes: &[&str], names: &[&str]) -> bool {
-    prefixes.iter().any(|p| name.starts_with(p)) || names.contains(&name)
+    let eq = |a: u8, b: u8| a == b || (a == b'_' && b == b'-');
+    let starts = |p: &str| name.len() >= p.len() && name.bytes().zip(p.bytes()).all(|(a, b)| eq(a, b));
+    prefixes.iter().any(|p| starts(p)) || names.iter().any(|n| n.len() == name.len() && starts(n))
 }
 
 /// What a header name is, as far as the identity contract cares.
@@ -85,54 +83,75 @@ pub enum Class {
 
 /// Classifies a header name.
 pub fn classify(name: &HeaderName) -> Class {
-    let raw = name.as_str();
-    let name = if raw.contains('_') { canonical(raw) } else { raw.to_owned() };
+    let name = name.as_str();
     // Underscore look-alikes of forwarding headers are never legitimate, even
     // from a trusted proxy: treat them as forged identity.
-    let lookalike = raw.contains('_');
-    if matches(&name, IDENTITY_PREFIXES, &[]) || (lookalike && name == X_REQUEST_ID.as_str()) {
+    let lookalike = name.contains('_');
+    if matches(name, IDENTITY_PREFIXES, &[]) || (lookalike && matches(name, &[], &[X_REQUEST_ID.as_str()])) {
         Class::Identity
-    } else if matches(&name, FORWARDING_PREFIXES, FORWARDING_NAMES) {
+    } else if matches(name, FORWARDING_PREFIXES, FORWARDING_NAMES) {
         if lookalike { Class::Identity } else { Class::Forwarding }
-    } else if matches(&name, &[], OVERRIDE_NAMES) {
+    } else if matches(name, &[], OVERRIDE_NAMES) {
         Class::Override
     } else {
         Class::Other
     }
 }
 
-/// Removes every header a client may not send. Forwarding headers survive only
-/// when `keep_forwarding` (the peer is a trusted proxy).
-pub fn strip_client_identity(headers: &mut HeaderMap, keep_forwarding: bool) {
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| match classify(name) {
-            Class::Identity | Class::Override => true,
-            Class::Forwarding => !keep_forwarding,
-            Class::Other => false,
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
+/// Removes, in one pass, every header for which `doomed` is true. Most
+/// requests have nothing to remove, so this usually costs one scan and no
+/// allocation.
+fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
         headers.remove(&name);
     }
 }
 
-/// Removes hop-by-hop fields and every field named in `Connection:` (RFC 9110
-/// §7.6.1), except framing and `Host`. Runs before the gateway sets its own
-/// headers, so a `Connection:` option can never remove what the gateway adds.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+/// True for a name a client may not send (forwarding names are allowed when
+/// `keep_forwarding`, i.e. from a trusted proxy).
+fn client_may_not_send(name: &HeaderName, keep_forwarding: bool) -> bool {
+    match classify(name) {
+        Class::Identity | Class::Override => true,
+        Class::Forwarding => !keep_forwarding,
+        Class::Other => false,
+    }
+}
+
+/// The fields a `Connection:` header names (RFC 9110 §7.6.1), except framing
+/// and `Host`, which are never the client's to drop.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
         .filter(|name| !NEVER_CONNECTION_NAMED.contains(name))
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
+        .collect()
+}
+
+/// Removes every header a client may not send. Forwarding headers survive only
+/// when `keep_forwarding` (the peer is a trusted proxy). Used for trailers.
+pub fn strip_client_identity(headers: &mut HeaderMap, keep_forwarding: bool) {
+    remove_where(headers, |name| client_may_not_send(name, keep_forwarding));
+}
+
+/// Removes hop-by-hop fields and every field named in `Connection:` (RFC 9110
+/// §7.6.1), except framing and `Host`. Used on upstream responses.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named = connection_named(headers);
+    remove_where(headers, |name| HOP_BY_HOP.contains(name) || named.contains(name));
+}
+
+/// Everything the request stage strips, in one pass: hop-by-hop fields, those
+/// named in `Connection:`, and every header a client may not send. Runs before
+/// the gateway sets its own headers, so `Connection:` can never remove them.
+pub fn strip_request(headers: &mut HeaderMap, keep_forwarding: bool) {
+    let named = connection_named(headers);
+    remove_where(headers, |name| {
+        HOP_BY_HOP.contains(name) || named.contains(name) || client_may_not_send(name, keep_forwarding)
+    });
 }
 
 /// True when `value` may be placed in a header verbatim: visible ASCII and
@@ -204,8 +223,9 @@ mod tests {
             ("upgrade", "h2c"),
         ]);
         strip_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["host", "content-length"]);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "host"]);
     }
 
     #[test]

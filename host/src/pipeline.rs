@@ -29,7 +29,7 @@ impl Gateway {
             Ok(resp) => resp,
             Err(err) => {
                 ctx.fail(&err);
-                err.into_response(&ctx.request_id)
+                err.into_response(ctx.request_id())
             }
         };
         stage::request_id::echo(&ctx, &mut resp);

@@ -64,7 +64,9 @@ pub async fn run(gw: Arc<Gateway>, listener: TcpListener, admin: TcpListener, sh
         let gw = gw.clone();
         let service = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
+            // Boxed: the handler future is ~2.5 KB, and hyper moves it per request.
+            let handling = Box::pin(async move { gw.handle(req, peer).await });
+            async move { Ok::<_, Infallible>(handling.await) }
         });
         let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
         tokio::spawn(async move {

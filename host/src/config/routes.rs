@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(routes[0].max_body, 99);
         assert_eq!(routes[0].upstream.authority.as_str(), "127.0.0.1:8081");
         assert!(
-            routes[0].file.ends_with("user.toml") && routes[0].line == 4,
+            routes[0].file.ends_with("user.toml") && routes[0].line == 5,
             "{}",
             routes[0].source()
         );
@@ -208,7 +208,7 @@ mod tests {
         write(dir.path(), "b.toml", &USER.replace("/api/v1/users", "/api/v1/users/"));
         let err = load_routes(dir.path(), 1).unwrap_err();
         assert!(err.file.ends_with("b.toml"), "{err}");
-        assert_eq!(err.line, Some(4));
+        assert_eq!(err.line, Some(5));
         assert!(err.message.contains("duplicate prefix"), "{err}");
     }
 

@@ -13,10 +13,8 @@ use crate::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
 pub fn apply(ctx: &RequestCtx, h: &mut HeaderMap) -> Result<(), GatewayError> {
     let route = ctx.route()?;
     let trusted = ctx.trusted_peer;
-    // Strip first: hop-by-hop (and whatever `Connection:` names), then identity.
-    headers::strip_hop_by_hop(h);
-    headers::strip_client_identity(h, trusted);
-    h.remove(X_REQUEST_ID);
+    // Strip first: hop-by-hop, whatever `Connection:` names, forged identity.
+    headers::strip_request(h, trusted);
     if !route.forward_token {
         h.remove(header::AUTHORIZATION);
     }
@@ -28,7 +26,8 @@ pub fn apply(ctx: &RequestCtx, h: &mut HeaderMap) -> Result<(), GatewayError> {
             h.insert(X_USER_TIER, value(tier));
         }
     }
-    h.insert(X_REQUEST_ID, value(&ctx.request_id));
+    // `insert` replaces every client copy.
+    h.insert(X_REQUEST_ID, ctx.request_id.clone());
     let peer = ctx.peer.ip().to_canonical().to_string();
     let chain = match trusted.then(|| joined(h, &X_FORWARDED_FOR)).flatten() {
         Some(prior) => format!("{prior}, {peer}"),

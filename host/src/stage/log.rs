@@ -16,7 +16,7 @@ pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>) {
     };
     tracing::info!(
         target: "gatehouse::access",
-        request_id = %ctx.request_id,
+        request_id = ctx.request_id(),
         method = %ctx.method,
         path = %ctx.path,
         route = route.map(|r| r.prefix.as_str()),

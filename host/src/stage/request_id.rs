@@ -2,10 +2,10 @@
 //! ASCII, 1–128 bytes, exactly one header), otherwise mints a UUIDv7; echoes
 //! it on every response.
 
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderValue, Response};
 
 use crate::context::RequestCtx;
-use crate::headers::{X_REQUEST_ID, value};
+use crate::headers::X_REQUEST_ID;
 
 const MAX_LEN: usize = 128;
 
@@ -16,13 +16,17 @@ fn well_formed(id: &[u8]) -> bool {
 pub fn assign(ctx: &mut RequestCtx, headers: &HeaderMap) {
     let mut ids = headers.get_all(X_REQUEST_ID).iter();
     ctx.request_id = match (ids.next(), ids.next()) {
-        (Some(id), None) if well_formed(id.as_bytes()) => String::from_utf8_lossy(id.as_bytes()).into_owned(),
-        _ => uuid::Uuid::now_v7().to_string(),
+        (Some(id), None) if well_formed(id.as_bytes()) => id.clone(),
+        _ => {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(text).expect("a UUID is a valid header value")
+        }
     };
 }
 
 pub fn echo<B>(ctx: &RequestCtx, resp: &mut Response<B>) {
-    resp.headers_mut().insert(X_REQUEST_ID, value(&ctx.request_id));
+    resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());
 }
 
 #[cfg(test)]

@@ -26,15 +26,14 @@ pub async fn forward(ctx: &RequestCtx, req: Request<Incoming>, up: &UpstreamClie
 
     // Framing is re-derived from the body: a request that declared both
     // Content-Length and Transfer-Encoding can never reach the service that way.
-    let declared = body.size_hint().exact();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    if let Some(len) = declared {
-        if len > route.max_body {
-            return Err(GatewayError::PayloadTooLarge);
-        }
-        if len > 0 || !matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+    // (Transfer-Encoding is hop-by-hop: the identity stage removed it.)
+    match body.size_hint().exact() {
+        Some(len) if len > route.max_body => return Err(GatewayError::PayloadTooLarge),
+        Some(len) if len > 0 || !matches!(parts.method, http::Method::GET | http::Method::HEAD) => {
             parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        _ => {
+            parts.headers.remove(header::CONTENT_LENGTH);
         }
     }
     if !parts.headers.contains_key(header::HOST)
