@@ -1,18 +1,24 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test build lint bench
+.PHONY: run test build plugins lint bench
 
 # Build, start the stand-in services and the gateway with a development secret.
-run:
+run: plugins
 	./scripts/run-dev.sh
 
 # Every test: unit tests, black-box tests over real sockets, formatting and lints.
-test:
+test: plugins
 	cargo fmt --all -- --check
+	cd plugins && cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test --workspace
 
-build:
+build: plugins
 	cargo build --release --workspace
+
+# The bundled plugins (plugins/<name>/) built into plugins/<name>.wasm, and
+# the test plugins (plugins/testing/) left in plugins/target/ for the tests.
+plugins:
+	./scripts/build-plugins.sh
 
 # Gateway vs nginx vs the bare upstream, interleaved (see bench/README.md).
 bench:

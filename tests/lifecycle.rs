@@ -21,9 +21,12 @@ fn run(cmd: &mut std::process::Command) -> (bool, String, String) {
 #[test]
 fn check_accepts_the_shipped_configuration() {
     let root = repo();
+    plugin("hello"); // the shipped routes use the bundled plugins
     let (ok, stdout, stderr) = run(gatehouse_cmd().current_dir(&root).env("GATEHOUSE_JWT_SECRET", SECRET).arg("check"));
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("8 routes"), "{stdout}");
+    assert!(stdout.contains("10 routes") && stdout.contains("3 plugins"), "{stdout}");
+    // The webhook secret is unset here: a warning naming it, not a failure.
+    assert!(stderr.contains("POLAR_WEBHOOK_SECRET"), "{stderr}");
     // Without any key, routes that need one are refused, naming the file and line.
     let (ok, _, stderr) = run(gatehouse_cmd().current_dir(&root).arg("check"));
     assert!(!ok);
@@ -127,10 +130,11 @@ fn admin_listener_serves_health_and_routes_but_the_public_port_does_not() {
     assert_eq!(admin_get(gw.admin, "/readyz").json()["status"], "ready");
     let routes = admin_get(gw.admin, "/admin/routes").json();
     let list = routes.as_array().unwrap();
-    assert_eq!(list.len(), 8);
+    assert_eq!(list.len(), 10);
     let polar = list.iter().find(|r| r["prefix"] == "/webhooks/polar").unwrap();
     assert_eq!(polar["auth"], "public");
     assert_eq!(polar["service"], "payment-service");
+    assert_eq!(polar["plugin"], "polar-webhook");
     assert!(polar["source"].as_str().unwrap().contains("payment.toml:"));
     assert_eq!(gw.get("/admin/routes", &[]).status, 404, "admin is never on the public port");
     assert_eq!(gw.get("/healthz", &[]).status, 404);

@@ -9,7 +9,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::body::GatewayBody;
 use crate::config::UpstreamConfig;
 
-/// One connection pool shared by every route.
+/// One connection pool shared by every route (cloning shares the pool).
+#[derive(Clone)]
 pub struct UpstreamClient {
     pub client: Client<HttpConnector, GatewayBody>,
     pub first_byte_timeout: Duration,

@@ -25,6 +25,8 @@ pub struct RequestCtx {
     pub host: Option<HeaderValue>,
     pub route: Option<Arc<Route>>,
     pub identity: Option<Arc<Identity>>,
+    /// The plugin that handled the request, for the log line.
+    pub plugin: Option<Arc<str>>,
     /// Why the request failed, for the log line.
     pub error: Option<(Source, String)>,
 }
@@ -41,6 +43,7 @@ impl RequestCtx {
             host: None,
             route: None,
             identity: None,
+            plugin: None,
             error: None,
         }
     }

@@ -12,6 +12,7 @@ use crate::body::{GatewayBody, full};
 pub enum Source {
     Client,
     Upstream,
+    Plugin,
     Internal,
 }
 
@@ -20,6 +21,7 @@ impl Source {
         match self {
             Source::Client => "client",
             Source::Upstream => "upstream",
+            Source::Plugin => "plugin",
             Source::Internal => "internal",
         }
     }
@@ -44,6 +46,12 @@ pub enum GatewayError {
     UpstreamBadResponse(String),
     #[error("upstream timed out")]
     UpstreamTimeout(String),
+    #[error("plugin unavailable")]
+    PluginUnavailable(String),
+    #[error("plugin failed")]
+    PluginFailed(String),
+    #[error("plugin timed out")]
+    PluginTimeout(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -62,7 +70,9 @@ impl GatewayError {
             GatewayError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::PluginUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::PluginFailed(_) | GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::PluginTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -71,6 +81,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) | GatewayError::UpstreamBadResponse(_) | GatewayError::UpstreamTimeout(_) => {
                 Source::Upstream
             }
+            GatewayError::PluginUnavailable(_) | GatewayError::PluginFailed(_) | GatewayError::PluginTimeout(_) => Source::Plugin,
             GatewayError::Internal(_) => Source::Internal,
             _ => Source::Client,
         }
@@ -82,6 +93,9 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(d)
             | GatewayError::UpstreamBadResponse(d)
             | GatewayError::UpstreamTimeout(d)
+            | GatewayError::PluginUnavailable(d)
+            | GatewayError::PluginFailed(d)
+            | GatewayError::PluginTimeout(d)
             | GatewayError::Internal(d) => d.clone(),
             other => other.to_string(),
         }

@@ -154,6 +154,37 @@ pub fn strip_request(headers: &mut HeaderMap, keep_forwarding: bool) {
     });
 }
 
+/// The headers the gateway vouches for, as set on a request by the identity
+/// stage: verified identity, forwarding facts and the request id. A plugin's
+/// request gets exactly these back, whatever it wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Contract(Vec<(HeaderName, HeaderValue)>);
+
+impl Contract {
+    /// Captures the contract headers of a request the identity stage handled.
+    pub fn capture(headers: &HeaderMap) -> Contract {
+        let vouched = |n: &HeaderName| *n == X_REQUEST_ID || matches!(classify(n), Class::Identity | Class::Forwarding);
+        Contract(
+            headers
+                .iter()
+                .filter(|(n, _)| vouched(n))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// Strips everything a client may not send from `headers` (plus
+    /// hop-by-hop fields and any `X-Request-ID`), then sets the captured
+    /// values again.
+    pub fn reapply(&self, headers: &mut HeaderMap) {
+        strip_request(headers, false);
+        headers.remove(X_REQUEST_ID);
+        for (name, value) in &self.0 {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
 /// True when `value` may be placed in a header verbatim: visible ASCII and
 /// spaces only, no control characters.
 pub fn is_safe_value(value: &str) -> bool {

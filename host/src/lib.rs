@@ -32,3 +32,4 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod stage;
+pub mod wasm;

@@ -2,12 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use gatehouse::config::Config;
 use gatehouse::gateway::{Gateway, load_snapshot};
+use gatehouse::wasm::Runtime;
 use serde_json::{Value, json};
 
 /// mimalloc: measurably cheaper than glibc malloc for the many small,
@@ -117,10 +119,17 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(config: Option<PathBuf>, workers: Option<usize>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
-    let snapshot = load_snapshot(&config)?;
+    let wasm = Arc::new(Runtime::new(&config.plugins).map_err(|e| anyhow!(e))?);
+    let (snapshot, report) = load_snapshot(&config, &wasm)?;
+    for problem in &report.problems {
+        tracing::error!("{problem}");
+    }
+    for warning in &report.warnings {
+        tracing::warn!("{warning}");
+    }
     runtime(workers)?.block_on(async move {
         let (listen, admin_addr) = (config.server.listen, config.server.admin);
-        let gw = Gateway::new(config, snapshot).await.map_err(|e| anyhow!(e))?;
+        let gw = Gateway::new(config, wasm, snapshot).await.map_err(|e| anyhow!(e))?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -157,15 +166,27 @@ async fn shutdown_signal() {
 
 fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
-    let snapshot = load_snapshot(&config)?;
+    let wasm = Runtime::new(&config.plugins).map_err(|e| anyhow!(e))?;
+    let (snapshot, report) = load_snapshot(&config, &wasm)?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(first) = report.problems.first() {
+        for problem in &report.problems[1..] {
+            eprintln!("also: {problem}");
+        }
+        return Err(first.clone().into());
+    }
     runtime(Some(1))?
         .block_on(gatehouse::auth::Verifier::new(&config.auth))
         .map_err(|e| anyhow!(e))?;
     let source = config.file.as_ref().map_or("built-in defaults".into(), |f| f.display().to_string());
     println!(
-        "ok: {source}, {} routes from {}",
+        "ok: {source}, {} routes from {}, {} plugins from {}",
         snapshot.router.routes().len(),
-        config.server.routes_dir.display()
+        config.server.routes_dir.display(),
+        snapshot.plugins.files.len(),
+        config.server.plugins_dir.display()
     );
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `Gateway::handle`: the stages, called in order, and nothing else.
 //!
 //! ```text
-//! request_id → admit → route → authenticate → identity → upstream
+//! request_id → admit → route → authenticate → identity → component → upstream
 //!                                   (any stage may end it with an error)
 //! → echo request id → log
 //! ```
@@ -17,6 +17,7 @@ use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::snapshot::Snapshot;
 use crate::stage;
+use crate::stage::component::Handled;
 
 impl Gateway {
     /// Handles one request from a client connection. Never fails: every error
@@ -47,6 +48,10 @@ impl Gateway {
         stage::route::resolve(ctx, &snapshot.router, &mut req)?;
         stage::authenticate::run(ctx, req.headers(), &self.verifier).await?;
         stage::identity::apply(ctx, req.headers_mut())?;
-        stage::upstream::forward(ctx, req, &self.upstream).await
+        match stage::component::run(ctx, self, snapshot, req).await? {
+            Handled::Native(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
+            Handled::Forward(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
+            Handled::Respond(resp) => Ok(resp),
+        }
     }
 }

@@ -47,6 +47,7 @@ mod tests {
             max_body: 1,
             forward_token: false,
             websocket: false,
+            plugin: None,
             file: "t.toml".into(),
             line: 1,
         }

@@ -159,6 +159,12 @@ pub struct Setup {
     /// Include the shipped `routes/*.toml` (ports rewritten to the demo's).
     pub shipped_routes: bool,
     pub secret: Option<String>,
+    /// Plugin files to place in the gateway's `plugins/` (file name, source).
+    pub plugins: Vec<(String, PathBuf)>,
+    /// Extra lines for `[plugins]` (the compile cache is shared by all tests).
+    pub plugin_limits: String,
+    /// Extra environment variables for the gateway.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Setup {
@@ -170,6 +176,9 @@ impl Default for Setup {
             routes: Vec::new(),
             shipped_routes: true,
             secret: Some(SECRET.into()),
+            plugins: Vec::new(),
+            plugin_limits: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -214,19 +223,51 @@ pub fn write_config(demo: &Demo, setup: &Setup) -> (tempfile::TempDir, PathBuf) 
         .as_ref()
         .map(|s| format!("hs256_secret = \"{s}\"\n"))
         .unwrap_or_default();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for (name, source) in &setup.plugins {
+        std::fs::copy(source, plugins.join(name)).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+    }
+    let cache = repo().join("target").join("test-plugin-cache");
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n",
-        setup.server, setup.upstream, setup.auth
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n\n[plugins]\ncache_dir = {:?}\n{}\n",
+        setup.server,
+        setup.upstream,
+        setup.auth,
+        cache.display().to_string(),
+        setup.plugin_limits
     );
     let path = dir.path().join("gatehouse.toml");
     std::fs::write(&path, config).unwrap();
     (dir, path)
 }
 
+/// Where `make plugins` leaves the compiled plugins.
+pub fn plugin_build_dir() -> PathBuf {
+    repo().join("plugins/target/wasm32-wasip2/release")
+}
+
+/// The compiled plugin `name` (crate name, `-` or `_`), built on first use
+/// with the same script as `make plugins`.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = plugin_build_dir().join(format!("{}.wasm", name.replace('-', "_")));
+    if !path.is_file() || !repo().join("plugins/hello.wasm").is_file() {
+        // Several test binaries may get here at once; cargo's lock serializes them.
+        let status = Command::new(repo().join("scripts/build-plugins.sh"))
+            .status()
+            .expect("run build-plugins.sh");
+        assert!(status.success(), "building the plugins failed");
+    }
+    assert!(path.is_file(), "{} missing after building the plugins", path.display());
+    path
+}
+
 /// A `gatehouse` command with the test environment (no inherited secret).
 pub fn gatehouse_cmd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
-    cmd.env_remove("GATEHOUSE_JWT_SECRET").env("GATEHOUSE_LOG", "info");
+    cmd.env_remove("GATEHOUSE_JWT_SECRET")
+        .env_remove("POLAR_WEBHOOK_SECRET")
+        .env("GATEHOUSE_LOG", "info");
     cmd
 }
 
@@ -234,6 +275,7 @@ impl Gateway {
     pub fn start(demo: &Demo, setup: Setup) -> Gateway {
         let (dir, config) = write_config(demo, &setup);
         let mut cmd = gatehouse_cmd();
+        cmd.envs(setup.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.arg("--config")
             .arg(&config)
             .args(["--log-format", "json", "serve", "--workers", "2"]);
@@ -264,14 +306,23 @@ impl Gateway {
         self.get(path, &[("Authorization", &format!("Bearer {token}"))])
     }
 
-    /// Lines logged for one request id.
+    /// Lines logged for one request id, once its access-log line is out
+    /// (logs are written by a background thread, so wait for it, boundedly).
     pub fn log_for(&self, request_id: &str) -> Vec<Value> {
-        self.proc
-            .logs()
-            .iter()
-            .filter(|l| l.contains(request_id))
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines: Vec<Value> = self
+                .proc
+                .logs()
+                .iter()
+                .filter(|l| l.contains(request_id))
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if lines.iter().any(|l| l["status"].is_number()) || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

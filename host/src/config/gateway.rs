@@ -22,6 +22,29 @@ struct RawConfig {
     server: RawServer,
     upstream: RawUpstream,
     auth: RawAuth,
+    plugins: RawPlugins,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPlugins {
+    memory: Bytes,
+    deadline: Dur,
+    max_body: Bytes,
+    max_instances: u32,
+    cache_dir: PathBuf,
+}
+
+impl Default for RawPlugins {
+    fn default() -> Self {
+        RawPlugins {
+            memory: Bytes(64 << 20),
+            deadline: Dur(Duration::from_millis(200)),
+            max_body: Bytes(1 << 20),
+            max_instances: 512,
+            cache_dir: ".gatehouse-cache".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +156,23 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub auth: AuthConfig,
+    pub plugins: PluginsConfig,
+}
+
+/// Limits every plugin runs under (a route may lower them, never raise the
+/// memory cap), and where compiled plugins are cached.
+#[derive(Debug, Clone)]
+pub struct PluginsConfig {
+    /// Linear memory per instance; also the size of each pooled memory slot.
+    pub memory: u64,
+    /// Wall-clock budget of one `handle` call, host calls included.
+    pub deadline: Duration,
+    /// Request and response bodies crossing into or out of a plugin.
+    pub max_body: u64,
+    /// Instances alive at once (the pool); more concurrent requests get 503.
+    pub max_instances: u32,
+    /// Compiled code, keyed by content hash.
+    pub cache_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -284,11 +324,23 @@ impl Config {
             keys,
             jwks,
         };
+        let p = raw.plugins;
+        if p.memory.0 < (1 << 20) || p.memory.0 > (4 << 30) {
+            return Err(ConfigError::new(&shown, None, "plugins.memory must be between 1MiB and 4GiB"));
+        }
+        let plugins = PluginsConfig {
+            memory: p.memory.0,
+            deadline: p.deadline.0.max(Duration::from_millis(1)),
+            max_body: p.max_body.0,
+            max_instances: p.max_instances.clamp(1, 100_000),
+            cache_dir: base.join(&p.cache_dir),
+        };
         Ok(Config {
             file,
             server,
             upstream,
             auth,
+            plugins,
         })
     }
 }

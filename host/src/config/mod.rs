@@ -9,8 +9,8 @@ mod units;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use gateway::{AuthConfig, Config, JwksConfig, KeyConfig, ServerConfig, UpstreamConfig};
-pub use routes::{AuthMode, Route, Upstream, load_routes};
+pub use gateway::{AuthConfig, Config, JwksConfig, KeyConfig, PluginsConfig, ServerConfig, UpstreamConfig};
+pub use routes::{AuthMode, Route, RoutePlugin, Upstream, load_routes};
 pub use units::{Bytes, Dur};
 
 /// A configuration problem, pointing at the file and (when known) the line.

@@ -11,6 +11,15 @@
 //! # max_body = "10MiB"       # request body cap (default: server.max_body)
 //! # forward_token = false    # pass the client's Authorization upstream
 //! # websocket = false        # the route accepts WebSocket upgrades
+//! # plugin = "tier-gate"     # run plugins/tier-gate.wasm on this route
+//! # calls = ["user-service"] # other services the plugin may call
+//! # claims = ["email"]       # token claims handed to the plugin
+//! # plugin_memory = "16MiB"  # lower the plugin's memory cap
+//! # plugin_deadline = "50ms" # lower or raise the plugin's time budget
+//! # plugin_max_body = "64KiB"
+//! #
+//! # [route.settings]         # the plugin's settings; ${NAME} reads the environment
+//! # min_tier = "pro"
 //! ```
 
 use std::collections::HashMap;
@@ -21,7 +30,7 @@ use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Bytes, ConfigError, line_of, parse, read};
+use super::{Bytes, ConfigError, Dur, line_of, parse, read};
 use crate::path;
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +52,15 @@ struct RawRoute {
     forward_token: bool,
     #[serde(default)]
     websocket: bool,
+    plugin: Option<Spanned<String>>,
+    #[serde(default)]
+    calls: Vec<String>,
+    #[serde(default)]
+    claims: Vec<String>,
+    plugin_memory: Option<Bytes>,
+    plugin_deadline: Option<Dur>,
+    plugin_max_body: Option<Bytes>,
+    settings: Option<Spanned<toml::Table>>,
 }
 
 /// How a route authenticates its callers.
@@ -75,9 +93,31 @@ pub struct Route {
     pub max_body: u64,
     pub forward_token: bool,
     pub websocket: bool,
+    /// The plugin that handles this route, if any.
+    pub plugin: Option<Arc<RoutePlugin>>,
     /// Where the route is defined, for messages and `/admin/routes`.
     pub file: PathBuf,
     pub line: usize,
+}
+
+/// A route's plugin: its name (the file stem in `plugins/`), settings and
+/// the limits it runs under.
+#[derive(Debug, Clone)]
+pub struct RoutePlugin {
+    pub name: String,
+    /// `[route.settings]`, values as text, `${NAME}` already expanded.
+    /// A setting whose variable is unset is left out (and warned about).
+    pub settings: HashMap<String, String>,
+    /// Settings that referenced unset environment variables.
+    pub unset_vars: Vec<(String, String)>,
+    /// Services besides the route's own that `upstream.send` may call.
+    pub calls: Vec<String>,
+    /// Token claims passed to the plugin in `caller.claims`.
+    pub claims: Vec<String>,
+    /// Per-route overrides of `[plugins]` limits.
+    pub memory: Option<u64>,
+    pub deadline: Option<std::time::Duration>,
+    pub max_body: Option<u64>,
 }
 
 impl Route {
@@ -133,6 +173,15 @@ fn load_file(file: &Path, default_max_body: u64) -> Result<Vec<Route>, ConfigErr
                 let msg = format!("prefix {prefix:?} is not in normal form (write {trimmed:?})");
                 return Err(ConfigError::new(file, at, msg));
             }
+            let plugin = route_plugin(
+                file,
+                &src,
+                r.plugin,
+                r.settings,
+                r.calls,
+                r.claims,
+                (r.plugin_memory, r.plugin_deadline, r.plugin_max_body),
+            )?;
             Ok(Route {
                 service: service.clone(),
                 prefix: trimmed.to_string(),
@@ -141,11 +190,101 @@ fn load_file(file: &Path, default_max_body: u64) -> Result<Vec<Route>, ConfigErr
                 max_body: r.max_body.map_or(default_max_body, |b| b.0),
                 forward_token: r.forward_token,
                 websocket: r.websocket,
+                plugin,
                 file: file.to_path_buf(),
                 line: at.unwrap_or(0),
             })
         })
         .collect()
+}
+
+type Limits = (Option<Bytes>, Option<Dur>, Option<Bytes>);
+
+fn route_plugin(
+    file: &Path,
+    src: &str,
+    name: Option<Spanned<String>>,
+    settings: Option<Spanned<toml::Table>>,
+    calls: Vec<String>,
+    claims: Vec<String>,
+    (memory, deadline, max_body): Limits,
+) -> Result<Option<Arc<RoutePlugin>>, ConfigError> {
+    let Some(name) = name else {
+        if let Some(s) = settings {
+            return Err(ConfigError::new(
+                file,
+                Some(line_of(src, s.span().start)),
+                "[route.settings] without a `plugin`",
+            ));
+        }
+        if !calls.is_empty() {
+            return Err(ConfigError::new(file, None, "`calls` is only meaningful with a `plugin`"));
+        }
+        return Ok(None);
+    };
+    let at = Some(line_of(src, name.span().start));
+    let name = name.into_inner();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(ConfigError::new(
+            file,
+            at,
+            format!("plugin {name:?}: use the .wasm file's stem (letters, digits, - and _)"),
+        ));
+    }
+    let mut values = HashMap::new();
+    let mut unset_vars = Vec::new();
+    for (key, value) in settings.map(Spanned::into_inner).unwrap_or_default() {
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Table(_) | toml::Value::Array(_) => {
+                return Err(ConfigError::new(
+                    file,
+                    at,
+                    format!("setting {key:?}: plugin settings are strings, numbers or booleans"),
+                ));
+            }
+            other => other.to_string(),
+        };
+        match expand_env(&text) {
+            Ok(v) => {
+                values.insert(key, v);
+            }
+            Err(var) => unset_vars.push((key, var)),
+        }
+    }
+    Ok(Some(Arc::new(RoutePlugin {
+        name,
+        settings: values,
+        unset_vars,
+        calls,
+        claims,
+        memory: memory.map(|b| b.0),
+        deadline: deadline.map(|d| d.0),
+        max_body: max_body.map(|b| b.0),
+    })))
+}
+
+/// Replaces each `${NAME}` in `text` with the environment variable's value.
+/// `Err(NAME)` names the first variable that is unset.
+fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let var = &after[..end];
+        match std::env::var(var) {
+            Ok(v) => out.push_str(&v),
+            Err(_) => return Err(var.to_string()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Loads every `*.toml` in `dir` (sorted by name) and checks the set: no two
@@ -230,5 +369,31 @@ mod tests {
         write(dir.path(), "a.toml", &USER.replace("auth", "auht"));
         let err = load_routes(dir.path(), 1).unwrap_err();
         assert!(err.line.is_some(), "{err}");
+    }
+
+    #[test]
+    fn plugin_settings_expand_the_environment() {
+        // SAFETY: set once, read only by this test (its name is unique).
+        unsafe { std::env::set_var("GATEHOUSE_TEST_EXPAND", "s3cret") };
+        assert_eq!(expand_env("a-${GATEHOUSE_TEST_EXPAND}-b").unwrap(), "a-s3cret-b");
+        assert_eq!(expand_env("plain").unwrap(), "plain");
+        assert_eq!(expand_env("${GATEHOUSE_TEST_UNSET_VAR}").unwrap_err(), "GATEHOUSE_TEST_UNSET_VAR");
+
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{USER}plugin = \"tier-gate\"\ncalls = [\"x\"]\n\n[route.settings]\nmin_tier = \"pro\"\nn = 3\nsecret = \"${{GATEHOUSE_TEST_UNSET_VAR}}\"\n"
+        );
+        write(dir.path(), "a.toml", &text);
+        let routes = load_routes(dir.path(), 1).unwrap();
+        let p = routes[0].plugin.as_ref().unwrap();
+        assert_eq!(p.name, "tier-gate");
+        assert_eq!(p.settings["min_tier"], "pro");
+        assert_eq!(p.settings["n"], "3");
+        assert!(!p.settings.contains_key("secret"));
+        assert_eq!(p.unset_vars, vec![("secret".to_string(), "GATEHOUSE_TEST_UNSET_VAR".to_string())]);
+
+        write(dir.path(), "a.toml", &format!("{USER}\n[route.settings]\nx = 1\n"));
+        let err = load_routes(dir.path(), 1).unwrap_err();
+        assert!(err.message.contains("without a `plugin`"), "{err}");
     }
 }

@@ -23,6 +23,7 @@ pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>) {
         service = route.map(|r| &*r.service),
         upstream = route.map(|r| r.upstream.authority.as_str()),
         user,
+        plugin = ctx.plugin.as_deref(),
         status,
         latency_us,
         error_source = source,

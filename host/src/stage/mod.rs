@@ -2,6 +2,7 @@
 
 pub mod admit;
 pub mod authenticate;
+pub mod component;
 pub mod identity;
 pub mod log;
 pub mod request_id;

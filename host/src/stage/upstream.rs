@@ -8,19 +8,23 @@ use std::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, Version, header};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
-use crate::body::{BodyTooLarge, GatewayBody, IdleBody, RequestBody};
+use crate::body::{BodyTooLarge, BoxError, GatewayBody, IdleBody, RequestBody};
 use crate::client::UpstreamClient;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::headers::strip_hop_by_hop;
 
-pub async fn forward(ctx: &RequestCtx, req: Request<Incoming>, up: &UpstreamClient) -> Result<Response<GatewayBody>, GatewayError> {
+pub async fn forward<B>(ctx: &RequestCtx, req: Request<B>, up: &UpstreamClient) -> Result<Response<GatewayBody>, GatewayError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let route = ctx.route()?.clone();
     let (mut parts, body) = req.into_parts();
 

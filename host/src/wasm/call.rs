@@ -1,0 +1,76 @@
+//! Running one request through a plugin: a fresh `Store` with the memory
+//! cap and an epoch deadline, instantiate from the `InstancePre`, call
+//! `handle`, classify whatever went wrong.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+
+use super::bindings::{Action, Caller, Request, RequestInfo};
+use super::engine::Runtime;
+use super::host::PluginState;
+use super::load::{LoadedPlugin, PluginStats};
+
+/// Why a plugin call produced no action.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Every pooled instance slot is in use.
+    #[error("plugin instance pool exhausted")]
+    Busy,
+    /// The call ran past its deadline.
+    #[error("plugin ran past its {0:?} deadline")]
+    Deadline(Duration),
+    /// The plugin asked for more memory than its cap.
+    #[error("plugin exceeded its memory limit ({0} bytes)")]
+    Memory(usize),
+    /// The plugin trapped (panic, unreachable, bad memory access...).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+}
+
+/// Runs `handle` on a fresh instance of `plugin`.
+pub async fn call(
+    rt: &Runtime,
+    plugin: &Arc<LoadedPlugin>,
+    state: PluginState,
+    deadline: Duration,
+    caller: Option<Caller>,
+    info: RequestInfo,
+    request: Request,
+) -> Result<Action, CallError> {
+    PluginStats::bump(&plugin.stats.calls);
+    let memory = state.limiter_memory();
+    let mut store = Store::new(&rt.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(Runtime::ticks(deadline));
+    store.epoch_deadline_trap();
+
+    let run = async {
+        let handler = plugin.pre.instantiate_async(&mut store).await?;
+        handler
+            .gatehouse_plugin_handler()
+            .call_handle(&mut store, caller.as_ref(), &info, &request)
+            .await
+    };
+    // The epoch stops a plugin that computes too long; the timer stops one
+    // that waits too long on a host call.
+    let outcome = tokio::time::timeout(deadline, run).await;
+    store.data().flush_stdio();
+    let err = match outcome {
+        Ok(Ok(action)) => return Ok(action),
+        Err(_) => CallError::Deadline(deadline),
+        Ok(Err(e)) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => CallError::Busy,
+        Ok(Err(_)) if store.data().limiter.memory_hit => CallError::Memory(memory),
+        Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => CallError::Deadline(deadline),
+        Ok(Err(e)) => CallError::Trap(format!("{e:#}")),
+    };
+    let counter = match &err {
+        CallError::Busy => &plugin.stats.busy,
+        CallError::Deadline(_) => &plugin.stats.timeouts,
+        CallError::Memory(_) => &plugin.stats.memory_limit,
+        CallError::Trap(_) => &plugin.stats.traps,
+    };
+    PluginStats::bump(counter);
+    Err(err)
+}

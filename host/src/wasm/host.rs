@@ -1,0 +1,155 @@
+//! Per-request plugin state and the host side of the plugin's imports:
+//! `upstream.send`, `log.write`, `config.get`, and WASI with nothing granted.
+
+use std::sync::Arc;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::gatehouse::plugin::{config, log, types, upstream};
+use super::bindings::{Level, Request, Response, SendError};
+use super::outbound::Outbound;
+use crate::config::RoutePlugin;
+
+/// Bytes of stdout and of stderr kept per request (more makes the plugin's
+/// write fail, as a full pipe would).
+const STDIO_CAPACITY: usize = 64 << 10;
+/// Log lines a plugin may write per request; the rest are counted and dropped.
+const MAX_LOG_LINES: u32 = 100;
+/// Longest log message kept, in bytes.
+const MAX_LOG_LINE: usize = 4096;
+
+/// Everything a plugin instance can reach, owned by its `Store`.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: Limiter,
+    pub plugin: Arc<str>,
+    pub request_id: String,
+    pub route: Arc<RoutePlugin>,
+    pub outbound: Outbound,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    log_lines: u32,
+}
+
+impl PluginState {
+    pub fn new(plugin: Arc<str>, request_id: String, route: Arc<RoutePlugin>, outbound: Outbound, memory: usize) -> PluginState {
+        let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
+        // Nothing is granted: no preopened directories, no environment, no
+        // arguments, no network. Clocks and random work as WASI defines them.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter { memory, memory_hit: false },
+            plugin,
+            request_id,
+            route,
+            outbound,
+            stdout,
+            stderr,
+            log_lines: 0,
+        }
+    }
+
+    /// The instance's memory cap in bytes.
+    pub fn limiter_memory(&self) -> usize {
+        self.limiter.memory
+    }
+
+    /// Sends what the plugin printed to the log, line by line.
+    pub fn flush_stdio(&self) {
+        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let bytes = pipe.contents();
+            for line in String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .take(MAX_LOG_LINES as usize)
+            {
+                tracing::info!(target: "gatehouse::plugin", plugin = &*self.plugin, request_id = %self.request_id, stream, "{}", clip(line));
+            }
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The memory cap of one instance. It records a refusal so that the
+/// resulting trap is reported as "memory limit", not as a plain crash.
+pub struct Limiter {
+    memory: usize,
+    pub memory_hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.memory_hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_LOG_LINE {
+        return s;
+    }
+    let mut end = MAX_LOG_LINE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl types::Host for PluginState {}
+
+impl upstream::Host for PluginState {
+    async fn send(&mut self, service: Option<String>, request: Request) -> Result<Response, SendError> {
+        self.outbound.send(service.as_deref(), request).await
+    }
+}
+
+impl log::Host for PluginState {
+    fn write(&mut self, level: Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            return;
+        }
+        let (plugin, id, msg) = (&*self.plugin, &self.request_id, clip(&message));
+        match level {
+            Level::Trace => tracing::trace!(target: "gatehouse::plugin", plugin, request_id = %id, "{msg}"),
+            Level::Debug => tracing::debug!(target: "gatehouse::plugin", plugin, request_id = %id, "{msg}"),
+            Level::Info => tracing::info!(target: "gatehouse::plugin", plugin, request_id = %id, "{msg}"),
+            Level::Warn => tracing::warn!(target: "gatehouse::plugin", plugin, request_id = %id, "{msg}"),
+            Level::Error => tracing::error!(target: "gatehouse::plugin", plugin, request_id = %id, "{msg}"),
+        }
+    }
+}
+
+impl config::Host for PluginState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.route.settings.get(&key).cloned()
+    }
+}

@@ -1,0 +1,161 @@
+//! The plugin's way out: `upstream.send`, and the conversions between WIT
+//! requests/responses and HTTP ones. Every request a plugin sends gets the
+//! identity contract re-applied: a plugin can add headers, never forge them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+
+use super::bindings::{Request, Response, SendError};
+use crate::client::UpstreamClient;
+use crate::config::Upstream;
+use crate::headers::{Contract, strip_hop_by_hop};
+
+/// What `upstream.send` may reach on behalf of one request.
+pub struct Outbound {
+    pub client: UpstreamClient,
+    /// The route's own service.
+    pub service: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    /// Every configured service, by name.
+    pub services: Arc<HashMap<String, Arc<Upstream>>>,
+    /// Services the route file lets the plugin call besides its own.
+    pub calls: Vec<String>,
+    pub contract: Arc<Contract>,
+    /// The client's `Host`, sent when the plugin sets none.
+    pub host: Option<HeaderValue>,
+    pub max_body: u64,
+}
+
+impl Outbound {
+    pub async fn send(&self, service: Option<&str>, request: Request) -> Result<Response, SendError> {
+        let upstream = match service {
+            None => self.upstream.clone(),
+            Some(name) if name == &*self.service => self.upstream.clone(),
+            Some(name) if !self.calls.iter().any(|c| c == name) => {
+                return Err(SendError::NotAllowed(format!("this route's `calls` does not list {name:?}")));
+            }
+            Some(name) => self
+                .services
+                .get(name)
+                .cloned()
+                .ok_or_else(|| SendError::UnknownService(name.to_string()))?,
+        };
+        if request.body.len() as u64 > self.max_body {
+            return Err(SendError::InvalidRequest("request body over the plugin body limit".into()));
+        }
+        let req = to_http(request, &self.contract, self.host.as_ref(), &upstream).map_err(SendError::InvalidRequest)?;
+        let sent = self
+            .client
+            .client
+            .request(req.map(|b| b.map_err(|never| match never {}).boxed_unsync()));
+        let resp = match tokio::time::timeout(self.client.first_byte_timeout, sent).await {
+            Err(_) => return Err(SendError::Timeout),
+            Ok(Err(e)) => {
+                return Err(SendError::Unavailable(if e.is_connect() {
+                    "connection refused".into()
+                } else {
+                    "bad response".into()
+                }));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
+        let body = match tokio::time::timeout(self.client.idle_timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => return Err(SendError::Timeout),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(SendError::TooLarge),
+            Ok(Err(_)) => return Err(SendError::Unavailable("response body broken".into())),
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Ok(Response {
+            status: parts.status.as_u16(),
+            headers: to_wit_headers(&parts.headers),
+            body: body.to_vec(),
+        })
+    }
+}
+
+/// Header pairs for a plugin. Values that are not UTF-8 are left out (the
+/// component stage refuses such requests before a plugin runs).
+pub fn to_wit_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string())))
+        .collect()
+}
+
+/// Headers from a plugin, checked.
+pub fn from_wit_headers(pairs: Vec<(String, String)>) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+        let v = HeaderValue::from_str(&value).map_err(|_| format!("invalid value for header {name:?}"))?;
+        map.append(n, v);
+    }
+    Ok(map)
+}
+
+/// A plugin's request as an HTTP request to `upstream`, with the identity
+/// contract re-applied and framing derived from the body.
+pub fn to_http(
+    request: Request,
+    contract: &Contract,
+    host: Option<&HeaderValue>,
+    upstream: &Upstream,
+) -> Result<http::Request<Full<Bytes>>, String> {
+    let method = Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
+    if !request.path_with_query.starts_with('/') {
+        return Err(format!("path {:?} must start with /", request.path_with_query));
+    }
+    let pq = PathAndQuery::try_from(request.path_with_query.as_str()).map_err(|_| format!("invalid path {:?}", request.path_with_query))?;
+    let uri = Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| format!("invalid target: {e}"))?;
+    let mut headers = from_wit_headers(request.headers)?;
+    contract.reapply(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    if !request.body.is_empty() || !matches!(method, Method::GET | Method::HEAD) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(request.body.len()));
+    }
+    if !headers.contains_key(header::HOST)
+        && let Some(h) = host
+    {
+        headers.insert(header::HOST, h.clone());
+    }
+    let mut req = http::Request::new(Full::new(Bytes::from(request.body)));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// A plugin's own response as an HTTP response, checked.
+pub fn to_http_response(response: Response, max_body: u64) -> Result<http::Response<Full<Bytes>>, String> {
+    let status = StatusCode::from_u16(response.status)
+        .ok()
+        .filter(|s| s.as_u16() >= 200)
+        .ok_or_else(|| format!("invalid status {}", response.status))?;
+    if response.body.len() as u64 > max_body {
+        return Err(format!(
+            "response body of {} bytes is over the plugin body limit ({max_body})",
+            response.body.len()
+        ));
+    }
+    let mut headers = from_wit_headers(response.headers)?;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    let mut resp = http::Response::new(Full::new(Bytes::from(response.body)));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}

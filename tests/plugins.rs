@@ -1,0 +1,455 @@
+//! WebAssembly route handlers, black-box: the real gateway binary, real
+//! components built from plugins/, raw HTTP over loopback sockets.
+
+mod common;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+const WEBHOOK_KEY: &[u8] = b"polar-test-key-bytes";
+
+fn bundled() -> Vec<(String, std::path::PathBuf)> {
+    ["hello", "tier-gate", "polar-webhook"]
+        .iter()
+        .map(|n| (format!("{n}.wasm"), plugin(n)))
+        .collect()
+}
+
+fn webhook_secret() -> String {
+    format!("whsec_{}", STANDARD.encode(WEBHOOK_KEY))
+}
+
+fn sign(key: &[u8], id: &str, ts: &str, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{id}.{ts}.{body}").as_bytes());
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+fn post_webhook(gw: &Gateway, headers: &[(&str, String)], body: &str) -> Response {
+    let mut req = format!(
+        "POST /webhooks/polar HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Connection: close\r\n\r\n{body}"));
+    gw.raw(&req)
+}
+
+/// The echo of a stand-in service, as opposed to an answer from a plugin.
+fn reached(resp: &Response, service: &str) -> bool {
+    serde_json::from_slice::<Value>(&resp.body).is_ok_and(|d| d["service"] == service)
+}
+
+#[test]
+fn hello_answers_with_the_verified_caller_and_public_routes_have_none() {
+    let demo = Demo::start();
+    let public = "service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n\n[[route]]\nprefix = \"/open/hello\"\nauth = \"public\"\nplugin = \"hello\"\n";
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: bundled(),
+            routes: vec![("open.toml".into(), public.into())],
+            ..Setup::default()
+        },
+    );
+    let resp = gw.get(
+        "/api/v1/hello?x=1",
+        &[
+            ("Authorization", &format!("Bearer {}", token("42", Some("pro")))),
+            ("X-User-ID", "7"),
+        ],
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let doc = resp.json();
+    assert_eq!(doc["user_id"], "42", "{doc}");
+    assert_eq!(doc["tier"], "pro", "{doc}");
+    assert_eq!(doc["message"], "hello, 42", "{doc}");
+    assert_eq!(doc["path"], "/api/v1/hello?x=1", "{doc}");
+    assert_eq!(doc["request_id"].as_str(), resp.header("x-request-id"), "{doc}");
+    assert!(!reached(&resp, "user-service"));
+    // Without a token the route is closed before the plugin runs.
+    gw.get("/api/v1/hello", &[]).assert_error(401);
+
+    // Public route: a forged identity header and even a valid token give no caller.
+    let resp = gw.get(
+        "/open/hello",
+        &[("X-User-ID", "1"), ("Authorization", &format!("Bearer {}", token("42", None)))],
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let doc = resp.json();
+    assert_eq!(doc["user_id"], Value::Null, "{doc}");
+    assert_eq!(doc["message"], "hello, stranger", "{doc}");
+}
+
+#[test]
+fn tier_gate_forwards_allowed_tiers_and_refuses_the_rest() {
+    let demo = Demo::start();
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: bundled(),
+            ..Setup::default()
+        },
+    );
+    for tier in ["pro", "enterprise"] {
+        let resp = gw.get_as("/api/v1/knowledge/premium/guide", &token("9", Some(tier)));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert!(reached(&resp, "knowledge-service"), "{}", resp.text());
+        assert_eq!(resp.upstream_header("x-user-tier"), vec![tier.to_string()]);
+        assert_eq!(resp.upstream_header("x-user-id"), vec!["9".to_string()]);
+        assert_eq!(resp.json()["path"], "/api/v1/knowledge/premium/guide");
+    }
+    for tier in [Some("free"), Some("platinum"), None] {
+        let resp = gw.get_as("/api/v1/knowledge/premium/guide", &token("9", tier));
+        resp.assert_error(403);
+        let doc = resp.json();
+        assert_eq!(doc["required_tier"], "pro", "{doc}");
+        assert!(doc["error"].as_str().unwrap().contains("pro"), "{doc}");
+        assert!(!reached(&resp, "knowledge-service"));
+    }
+    // The rest of the service is untouched by the plugin.
+    let resp = gw.get_as("/api/v1/knowledge/basics", &token("9", Some("free")));
+    assert!(reached(&resp, "knowledge-service"));
+}
+
+#[test]
+fn polar_webhook_forwards_only_genuine_webhooks() {
+    let demo = Demo::start();
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: bundled(),
+            env: vec![("POLAR_WEBHOOK_SECRET".into(), webhook_secret())],
+            ..Setup::default()
+        },
+    );
+    let body = r#"{"type":"order.paid","data":{"id":"ord_1","amount":1200}}"#;
+    let id = "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W";
+    let ts = now().to_string();
+    let good = sign(WEBHOOK_KEY, id, &ts, body);
+    let headers = |sig: &str, ts: &str| {
+        vec![
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig.to_string()),
+        ]
+    };
+
+    // Valid: forwarded untouched (rotation: one of several signatures matches).
+    let resp = post_webhook(&gw, &headers(&format!("v1,AAAA {good}"), &ts), body);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(reached(&resp, "payment-service"), "{}", resp.text());
+    let doc = resp.json();
+    assert_eq!(doc["body"], body);
+    assert_eq!(doc["method"], "POST");
+    assert_eq!(resp.upstream_header("webhook-id"), vec![id.to_string()]);
+    assert!(resp.upstream_header("x-user-id").is_empty());
+
+    let refused = |resp: Response| {
+        resp.assert_error(401);
+        assert!(!reached(&resp, "payment-service"), "{}", resp.text());
+        resp.json()["error"].as_str().unwrap().to_string()
+    };
+    // Tampered body.
+    let why = refused(post_webhook(&gw, &headers(&good, &ts), &body.replace("1200", "1")));
+    assert!(why.contains("signature"), "{why}");
+    // Signed with another secret.
+    refused(post_webhook(&gw, &headers(&sign(b"some-other-key", id, &ts, body), &ts), body));
+    // Stale (and future) timestamps, correctly signed.
+    for skew in [-400i64, 400] {
+        let old = (now() as i64 + skew).to_string();
+        let why = refused(post_webhook(&gw, &headers(&sign(WEBHOOK_KEY, id, &old, body), &old), body));
+        assert!(why.contains("tolerance"), "{why}");
+    }
+    // Missing headers, one at a time.
+    for missing in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        let partial: Vec<_> = headers(&good, &ts).into_iter().filter(|(k, _)| *k != missing).collect();
+        let why = refused(post_webhook(&gw, &partial, body));
+        assert!(why.contains(missing), "{why}");
+    }
+}
+
+#[test]
+fn polar_webhook_without_a_secret_refuses_everything_and_warns_at_start() {
+    let demo = Demo::start();
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: bundled(),
+            ..Setup::default()
+        },
+    );
+    let warned = gw
+        .proc
+        .logs()
+        .iter()
+        .any(|l| l.contains("POLAR_WEBHOOK_SECRET") && l.contains("WARN"));
+    assert!(warned, "{:#?}", gw.proc.logs());
+    let body = "{}";
+    let ts = now().to_string();
+    // Even a webhook signed with the empty key gets nowhere.
+    let sig = sign(b"", "msg_1", &ts, body);
+    let resp = post_webhook(
+        &gw,
+        &[
+            ("webhook-id", "msg_1".into()),
+            ("webhook-timestamp", ts),
+            ("webhook-signature", sig),
+        ],
+        body,
+    );
+    resp.assert_error(503);
+    assert!(!reached(&resp, "payment-service"));
+}
+
+/// Routes that each run the `fault` test plugin in one mode.
+fn fault_routes() -> String {
+    let mut text = String::from("service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n");
+    let modes: &[(&str, &str)] = &[
+        ("trap", ""),
+        ("loop", "plugin_deadline = \"150ms\"\n"),
+        ("memory", "plugin_memory = \"16MiB\"\n"),
+        ("huge-response", ""),
+        ("bad-status", ""),
+        ("forge", ""),
+        ("print", ""),
+        ("echo", "claims = [\"email\"]\n"),
+    ];
+    for (mode, extra) in modes {
+        text.push_str(&format!(
+            "\n[[route]]\nprefix = \"/fault/{mode}\"\nauth = \"required\"\nplugin = \"fault\"\n{extra}\n[route.settings]\nmode = \"{mode}\"\n"
+        ));
+    }
+    // upstream.send: its own service, an allowed one, a forbidden one.
+    text.push_str(
+        "\n[[route]]\nprefix = \"/fault/send-own\"\nauth = \"required\"\nplugin = \"fault\"\n\n[route.settings]\nmode = \"send\"\n",
+    );
+    text.push_str("\n[[route]]\nprefix = \"/fault/send-allowed\"\nauth = \"required\"\nplugin = \"fault\"\ncalls = [\"knowledge-service\"]\n\n[route.settings]\nmode = \"send\"\nservice = \"knowledge-service\"\n");
+    text.push_str("\n[[route]]\nprefix = \"/fault/send-forbidden\"\nauth = \"required\"\nplugin = \"fault\"\n\n[route.settings]\nmode = \"send\"\nservice = \"payment-service\"\n");
+    // Plugins that cannot load.
+    text.push_str("\n[[route]]\nprefix = \"/fault/other-version\"\nauth = \"required\"\nplugin = \"other-version\"\n");
+    text.push_str("\n[[route]]\nprefix = \"/fault/garbage\"\nauth = \"required\"\nplugin = \"garbage\"\n");
+    text.push_str("\n[[route]]\nprefix = \"/fault/missing\"\nauth = \"required\"\nplugin = \"missing\"\n");
+    text
+}
+
+fn fault_gateway(demo: &Demo) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not WebAssembly").unwrap();
+    Gateway::start(
+        demo,
+        Setup {
+            plugins: vec![
+                ("fault.wasm".into(), plugin("fault")),
+                ("other-version.wasm".into(), plugin("other-version")),
+                ("garbage.wasm".into(), garbage),
+            ],
+            routes: vec![
+                ("fault.toml".into(), fault_routes()),
+                (
+                    "knowledge.toml".into(),
+                    "service = \"knowledge-service\"\nupstream = \"http://127.0.0.1:{knowledge-service}\"\n\n[[route]]\nprefix = \"/k\"\nauth = \"required\"\n".into(),
+                ),
+            ],
+            shipped_routes: false,
+            ..Setup::default()
+        },
+    )
+}
+
+fn admin_plugins(gw: &Gateway) -> Vec<Value> {
+    let resp = raw(gw.admin, b"GET /admin/plugins HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    resp.json().as_array().unwrap().clone()
+}
+
+#[test]
+fn each_plugin_fault_fails_only_its_request() {
+    let demo = Demo::start();
+    let gw = fault_gateway(&demo);
+    let tok = token("42", Some("pro"));
+    let healthy = || {
+        let resp = gw.get_as("/fault/echo", &tok);
+        assert_eq!(resp.status, 200, "the gateway must keep serving: {}", resp.text());
+    };
+    healthy();
+    for (path, status, counter) in [
+        ("/fault/trap", 500, "trap"),
+        ("/fault/loop", 504, "deadline"),
+        ("/fault/memory", 500, "memory"),
+        ("/fault/huge-response", 500, "invalid_result"),
+        ("/fault/bad-status", 500, "invalid_result"),
+    ] {
+        let resp = gw.get_as(path, &tok);
+        let id = resp.assert_error(status);
+        // Nothing internal leaks to the client.
+        let text = resp.text();
+        assert!(!text.contains("wasm") && !text.contains("backtrace"), "{path}: {text}");
+        let logged = gw.log_for(&id);
+        assert!(
+            logged.iter().any(|l| l["plugin"] == "fault" && l["status"] == status),
+            "{path}: {logged:?}"
+        );
+        healthy();
+        let fault = admin_plugins(&gw).into_iter().find(|p| p["name"] == "fault").unwrap();
+        assert!(fault["failures"][counter].as_u64().unwrap() >= 1, "{path}: {fault}");
+    }
+    // The memory bomb is reported as such in the log.
+    assert!(
+        gw.proc.logs().iter().any(|l| l.contains("memory limit")),
+        "no memory-limit log line"
+    );
+}
+
+#[test]
+fn a_plugin_cannot_forge_identity_on_forward_or_send() {
+    let demo = Demo::start();
+    let gw = fault_gateway(&demo);
+    let tok = token("42", Some("pro"));
+    for path in ["/fault/forge", "/fault/send-own"] {
+        let resp = gw.get_as(path, &tok);
+        assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+        assert!(reached(&resp, "user-service"), "{path}: {}", resp.text());
+        assert_eq!(resp.upstream_header("x-user-id"), vec!["42".to_string()], "{path}");
+        assert_eq!(resp.upstream_header("x-user-tier"), vec!["pro".to_string()], "{path}");
+        assert_eq!(resp.upstream_header("x-forwarded-for"), vec!["127.0.0.1".to_string()], "{path}");
+        let id = resp.header("x-request-id").unwrap().to_string();
+        assert_eq!(resp.upstream_header("x-request-id"), vec![id], "{path}");
+    }
+    // A service the route allows: reached, with the verified identity.
+    let resp = gw.get_as("/fault/send-allowed", &tok);
+    assert!(reached(&resp, "knowledge-service"), "{}", resp.text());
+    assert_eq!(resp.upstream_header("x-user-id"), vec!["42".to_string()]);
+    // A service the route does not allow: the plugin gets `not-allowed`.
+    let resp = gw.get_as("/fault/send-forbidden", &tok);
+    assert_eq!(resp.status, 299, "{}", resp.text());
+    assert!(resp.text().starts_with("not-allowed"), "{}", resp.text());
+}
+
+#[test]
+fn plugins_get_the_caller_claims_and_their_output_is_logged() {
+    let demo = Demo::start();
+    let gw = fault_gateway(&demo);
+    let tok = token_with(serde_json::json!({"sub": "42", "tier": "pro", "email": "a@b.c", "secret": "x", "exp": now() + 600}));
+    let resp = gw.get_as("/fault/echo", &tok);
+    let text = resp.text();
+    assert!(text.contains("user-id: \"42\""), "{text}");
+    // Only the claims the route lists.
+    assert!(
+        text.contains("\"email\"") && text.contains("a@b.c") && !text.contains("secret"),
+        "{text}"
+    );
+    let id = resp.header("x-request-id").unwrap().to_string();
+    assert!(text.contains(&id), "{text}");
+
+    let resp = gw.get_as("/fault/print", &tok);
+    assert_eq!(resp.status, 200);
+    let id = resp.header("x-request-id").unwrap().to_string();
+    let logged = gw.log_for(&id);
+    for stream in ["stdout", "stderr"] {
+        assert!(
+            logged
+                .iter()
+                .any(|l| l["plugin"] == "fault" && l["stream"] == stream && l["message"].as_str().unwrap().contains(stream)),
+            "{logged:?}"
+        );
+    }
+}
+
+#[test]
+fn broken_or_missing_plugins_are_refused_with_a_reason() {
+    let demo = Demo::start();
+    let gw = fault_gateway(&demo);
+    let tok = token("42", None);
+    for path in ["/fault/other-version", "/fault/garbage", "/fault/missing"] {
+        let resp = gw.get_as(path, &tok);
+        resp.assert_error(503);
+    }
+    let plugins = admin_plugins(&gw);
+    let by_name = |n: &str| {
+        plugins
+            .iter()
+            .find(|p| p["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n}: {plugins:?}"))
+    };
+    let other = by_name("other-version");
+    assert_eq!(other["state"], "failed");
+    let error = other["error"].as_str().unwrap();
+    assert!(error.contains("gatehouse:plugin@1.0.0") && error.contains("0.1.0"), "{error}");
+    assert_eq!(other["routes"], serde_json::json!(["/fault/other-version"]));
+    let garbage = by_name("garbage");
+    assert_eq!(garbage["state"], "failed");
+    assert!(garbage["error"].as_str().unwrap().contains("not a WebAssembly"), "{garbage}");
+    assert_eq!(garbage["sha256"].as_str().unwrap().len(), 64);
+    let fault = by_name("fault");
+    assert_eq!(fault["state"], "loaded");
+    assert!(fault["loaded_at"].as_str().unwrap().ends_with('Z'), "{fault}");
+    // The missing one is not a file, so it is not listed; the route says why.
+    assert!(plugins.iter().all(|p| p["name"] != "missing"));
+    assert!(
+        gw.proc.logs().iter().any(|l| l.contains("missing.wasm")),
+        "no log line about the missing plugin"
+    );
+
+    // `gatehouse check` fails on the same folder, naming the route file and line.
+    let out = gatehouse_cmd()
+        .arg("--config")
+        .arg(gw.dir.path().join("gatehouse.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fault.toml:") && stderr.contains("/fault/other-version"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_exhausted_instance_pool_answers_503_not_a_crash() {
+    let demo = Demo::start();
+    let routes = "service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n\n[[route]]\nprefix = \"/slow\"\nauth = \"required\"\nplugin = \"fault\"\nplugin_deadline = \"2s\"\n\n[route.settings]\nmode = \"loop\"\n\n[[route]]\nprefix = \"/echo\"\nauth = \"required\"\nplugin = \"fault\"\n\n[route.settings]\nmode = \"echo\"\n";
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: vec![("fault.wasm".into(), plugin("fault"))],
+            routes: vec![("r.toml".into(), routes.into())],
+            shipped_routes: false,
+            plugin_limits: "max_instances = 1\n".into(),
+            ..Setup::default()
+        },
+    );
+    let tok = token("42", None);
+    let addr = gw.addr;
+    let busy_tok = tok.clone();
+    let busy = std::thread::spawn(move || {
+        raw(
+            addr,
+            format!("GET /slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {busy_tok}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    });
+    // While the only instance spins, another request is refused, not queued forever.
+    let mut saw_503 = false;
+    for _ in 0..40 {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        let resp = gw.get_as("/echo", &tok);
+        if resp.status == 503 {
+            resp.assert_error(503);
+            saw_503 = true;
+            break;
+        }
+    }
+    assert!(saw_503, "no 503 while the pool was exhausted");
+    assert_eq!(busy.join().unwrap().status, 504);
+    // The slot is free again.
+    assert_eq!(gw.get_as("/echo", &tok).status, 200);
+}
