@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Plugin benchmark, in one run and interleaved:
+#   gatehouse-native  a plain proxied route (HS256 JWT) to a fast upstream
+#   gatehouse-hello   the `hello` plugin route (HS256 JWT, identity, a fresh
+#                     instance per request; the plugin answers itself)
+#   wasmtime-serve    `wasmtime serve` 48 with an equivalent wasi:http hello
+#                     component, at its fastest fresh-instance settings
+# Servers run on core 0, wrk (and the upstream) on core 1. Reports req/s, p99
+# and the server's CPU µs per request from /proc/<pid>/stat.
+#
+#   bench/plugins.sh                       # 3 rounds × 10 s
+#   ROUNDS=5 DURATION=20 bench/plugins.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+UP_PORT=18190 GH_PORT=18192 WT_PORT=18193 ADMIN_PORT=19911
+WASMTIME_VERSION=48.0.8
+
+need() {
+  command -v "$1" >/dev/null && return
+  [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+need nginx nginx-light
+need wrk wrk
+need taskset util-linux
+if ! wasmtime --version 2>/dev/null | grep -q "$WASMTIME_VERSION"; then
+  echo "installing wasmtime-cli $WASMTIME_VERSION (cargo install --locked; ~10 minutes, once)"
+  cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked --quiet
+fi
+
+for port in $UP_PORT $GH_PORT $WT_PORT $ADMIN_PORT; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is already in use: stop whatever listens there first" >&2; exit 1
+  fi
+done
+
+./scripts/build-plugins.sh >/dev/null
+cargo build --release --workspace --quiet
+(cd bench/wasi-http-hello && cargo build --release --target wasm32-wasip2 --quiet)
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat > "$work/upstream.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/upstream.pid;
+error_log $work/upstream.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "ok\n"; } }
+}
+NGINX
+
+mkdir -p "$work/routes" "$work/plugins"
+cp plugins/hello.wasm "$work/plugins/"
+cat > "$work/routes/bench.toml" <<ROUTES
+service = "bench-upstream"
+upstream = "http://127.0.0.1:$UP_PORT"
+
+[[route]]
+prefix = "/api"
+auth = "required"
+
+[[route]]
+prefix = "/api/v1/hello"
+auth = "required"
+plugin = "hello"
+ROUTES
+cat > "$work/gatehouse.toml" <<CONFIG
+[server]
+listen = "127.0.0.1:$GH_PORT"
+admin = "127.0.0.1:$ADMIN_PORT"
+[plugins]
+cache_dir = "cache"
+CONFIG
+
+export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret
+TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)
+
+taskset -c 1 nginx -c "$work/upstream.conf" & pids+=($!)
+GATEHOUSE_LOG=warn taskset -c 0 ./target/release/gatehouse --config "$work/gatehouse.toml" serve --workers 1 >"$work/gh.log" 2>&1 & pids+=($!); gh_pid=$!
+taskset -c 0 wasmtime serve -Scli \
+  -O pooling-allocator=y,pooling-memory-keep-resident=1048576,pooling-table-keep-resident=1048576,pooling-pagemap-scan=auto \
+  --addr "127.0.0.1:$WT_PORT" bench/wasi-http-hello/target/wasm32-wasip2/release/wasi_http_hello.wasm >"$work/wt.log" 2>&1 & pids+=($!); wt_pid=$!
+for _ in $(seq 50); do
+  curl -s -o /dev/null "http://127.0.0.1:$WT_PORT/" && curl -s -o /dev/null "http://127.0.0.1:$GH_PORT/" && break
+  sleep 0.2
+done
+for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "a server failed to start" >&2; cat "$work"/*.log >&2; exit 1; }; done
+
+check() { # url expected-substring
+  local body
+  body=$(curl -s -H "Authorization: Bearer $TOKEN" "$1")
+  [[ "$body" == *"$2"* ]] || { echo "$1 answered: $body" >&2; exit 1; }
+}
+check "http://127.0.0.1:$GH_PORT/api/bench" "ok"
+check "http://127.0.0.1:$GH_PORT/api/v1/hello" '"user_id":"42"'
+check "http://127.0.0.1:$WT_PORT/hello" "hello, stranger"
+
+ticks=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+measure() { # name url pid
+  local name=$1 url=$2 pid=$3 before after out rps p99 reqs cpu_us
+  before=$(cpu "$pid")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" "$url")
+  after=$(cpu "$pid")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else {sub(/s/,"",v); print v*1000000}}' <<<"$out")
+  cpu_us=$(awk -v d=$((after - before)) -v t="$ticks" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1e6 / t / n}')
+  if grep -q "Non-2xx" <<<"$out"; then echo "  $name: non-2xx responses!" >&2; fi
+  echo "$name $rps $p99 $cpu_us" >> "$work/results"
+  printf '  %-18s %10s req/s   p99 %8s µs   CPU %6s µs/req\n' "$name" "$rps" "$p99" "$cpu_us"
+}
+
+echo "bench: $ROUNDS rounds × ${DURATION}s, $CONNS connections, wrk -t1 on core 1, servers on core 0"
+for round in $(seq "$ROUNDS"); do
+  echo "round $round"
+  measure gatehouse-native "http://127.0.0.1:$GH_PORT/api/bench" "$gh_pid"
+  measure gatehouse-hello "http://127.0.0.1:$GH_PORT/api/v1/hello" "$gh_pid"
+  measure wasmtime-serve "http://127.0.0.1:$WT_PORT/hello" "$wt_pid"
+done
+
+echo
+echo "median over $ROUNDS rounds:"
+awk '
+  { rps[$1] = rps[$1] " " $2; p99[$1] = p99[$1] " " $3; cpu[$1] = cpu[$1] " " $4; if (!seen[$1]++) order[++n] = $1 }
+  function median(list,   a, k, i, j, t) {
+    k = split(list, a, " ")
+    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return a[int((k + 1) / 2)]
+  }
+  END {
+    for (i = 1; i <= n; i++) { name = order[i]; r[name] = median(rps[name]); p[name] = median(p99[name]); c[name] = median(cpu[name])
+      printf "  %-18s %10.0f req/s   p99 %8.0f µs   CPU %6s µs/req\n", name, r[name], p[name], c[name] }
+    printf "\nhello plugin vs wasmtime serve: throughput %.2f×, CPU per request %.2f× (lower is better)\n", r["gatehouse-hello"] / r["wasmtime-serve"], c["gatehouse-hello"] / c["wasmtime-serve"]
+    printf "hello plugin vs native route:   throughput %.2f×, CPU per request %.2f×\n", r["gatehouse-hello"] / r["gatehouse-native"], c["gatehouse-hello"] / c["gatehouse-native"]
+  }' "$work/results"

@@ -1,0 +1,135 @@
+//! Per-request cost of a plugin: fresh `Store` + WASI context, instantiate
+//! from the `InstancePre`, call `handle`, drop. The `hello` plugin answers
+//! itself, so this is the whole wasm share of a request on its route.
+//!
+//!   make plugins && cargo bench -p gatehouse --bench plugin_call
+//!
+//! Prints the median and p90 over batches (no statistics crate needed).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse::client::UpstreamClient;
+use gatehouse::config::{Config, RoutePlugin, Upstream};
+use gatehouse::headers::Contract;
+use gatehouse::wasm::bindings::{Action, Caller, Request, RequestInfo};
+use gatehouse::wasm::host::PluginState;
+use gatehouse::wasm::outbound::Outbound;
+use gatehouse::wasm::{Runtime, call, load::load_file};
+
+/// The allocator the `gatehouse` binary uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCHES: usize = 30;
+const PER_BATCH: usize = 2000;
+
+fn main() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = repo.join("plugins/hello.wasm");
+    assert!(wasm.is_file(), "{} missing: run `make plugins` first", wasm.display());
+    let mut config = Config::load(None).expect("default config");
+    config.plugins.cache_dir = repo.join("target/bench-plugin-cache");
+    let runtime = Runtime::new(&config.plugins).expect("runtime");
+    let plugin = Arc::new(load_file(&runtime, &wasm, "hello").map_err(|(_, e)| e).expect("load hello.wasm"));
+    let upstream = Arc::new(Upstream {
+        scheme: http::uri::Scheme::HTTP,
+        authority: "127.0.0.1:9".parse().unwrap(),
+    });
+    let client = UpstreamClient::new(&config.upstream);
+    let route = Arc::new(RoutePlugin {
+        name: "hello".into(),
+        settings: HashMap::from([("greeting".to_string(), "hello".to_string())]),
+        unset_vars: Vec::new(),
+        calls: Vec::new(),
+        claims: Vec::new(),
+        memory: None,
+        deadline: None,
+        max_body: None,
+    });
+    let contract = Arc::new(Contract::default());
+    let services = Arc::new(HashMap::new());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let one = || {
+        let outbound = Outbound {
+            client: client.clone(),
+            service: "user-service".into(),
+            upstream: upstream.clone(),
+            services: services.clone(),
+            calls: Vec::new(),
+            contract: contract.clone(),
+            host: None,
+            max_body: 1 << 20,
+        };
+        let state = PluginState::new(plugin.name.clone(), "req-1".into(), route.clone(), outbound, 64 << 20);
+        let caller = Some(Caller {
+            user_id: "42".into(),
+            tier: Some("pro".into()),
+            claims: Vec::new(),
+        });
+        let info = RequestInfo {
+            request_id: "01a2-req".into(),
+            route_prefix: "/api/v1/hello".into(),
+            service: "user-service".into(),
+        };
+        let request = Request {
+            method: "GET".into(),
+            path_with_query: "/api/v1/hello".into(),
+            headers: vec![("host".into(), "localhost".into()), ("x-user-id".into(), "42".into())],
+            body: Vec::new(),
+        };
+        call(&runtime, &plugin, state, Duration::from_millis(200), caller, info, request)
+    };
+
+    // The host-side share: the per-request state (WASI context, pipes, limits).
+    let mut state_only: Vec<f64> = (0..BATCHES)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..PER_BATCH {
+                let outbound = Outbound {
+                    client: client.clone(),
+                    service: "user-service".into(),
+                    upstream: upstream.clone(),
+                    services: services.clone(),
+                    calls: Vec::new(),
+                    contract: contract.clone(),
+                    host: None,
+                    max_body: 1 << 20,
+                };
+                let state = PluginState::new(plugin.name.clone(), "req-1".into(), route.clone(), outbound, 64 << 20);
+                std::hint::black_box(&state);
+            }
+            start.elapsed().as_secs_f64() * 1e6 / PER_BATCH as f64
+        })
+        .collect();
+    state_only.sort_by(f64::total_cmp);
+    println!(
+        "per-request host state alone (WASI context, pipes): median {:.2} µs",
+        state_only[BATCHES / 2]
+    );
+
+    rt.block_on(async {
+        // Warm up the pool slots and caches.
+        for _ in 0..PER_BATCH {
+            assert!(matches!(one().await, Ok(Action::Respond(_))));
+        }
+        let mut per_call: Vec<f64> = Vec::with_capacity(BATCHES);
+        for _ in 0..BATCHES {
+            let start = Instant::now();
+            for _ in 0..PER_BATCH {
+                let action = one().await;
+                std::hint::black_box(&action);
+            }
+            per_call.push(start.elapsed().as_secs_f64() * 1e6 / PER_BATCH as f64);
+        }
+        per_call.sort_by(f64::total_cmp);
+        println!(
+            "hello plugin, instantiate + handle + drop: median {:.2} µs, p90 {:.2} µs, min {:.2} µs ({BATCHES} batches × {PER_BATCH})",
+            per_call[BATCHES / 2],
+            per_call[BATCHES * 9 / 10],
+            per_call[0]
+        );
+    });
+}
