@@ -19,11 +19,7 @@ CONNS=${CONNS:-32}
 UP_PORT=18190 GH_PORT=18192 WT_PORT=18193 ADMIN_PORT=19911
 WASMTIME_VERSION=48.0.8
 
-need() {
-  command -v "$1" >/dev/null && return
-  [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
+. bench/lib.sh
 need nginx nginx-light
 need wrk wrk
 need taskset util-linux
@@ -32,11 +28,7 @@ if ! wasmtime --version 2>/dev/null | grep -q "$WASMTIME_VERSION"; then
   cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked --quiet
 fi
 
-for port in $UP_PORT $GH_PORT $WT_PORT $ADMIN_PORT; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is already in use: stop whatever listens there first" >&2; exit 1
-  fi
-done
+ports_free $UP_PORT $GH_PORT $WT_PORT $ADMIN_PORT
 
 ./scripts/build-plugins.sh >/dev/null
 cargo build --release --workspace --quiet
@@ -106,23 +98,6 @@ check "http://127.0.0.1:$GH_PORT/api/bench" "ok"
 check "http://127.0.0.1:$GH_PORT/api/v1/hello" '"user_id":"42"'
 check "http://127.0.0.1:$WT_PORT/hello" "hello, stranger"
 
-ticks=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-measure() { # name url pid
-  local name=$1 url=$2 pid=$3 before after out rps p99 reqs cpu_us
-  before=$(cpu "$pid")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" "$url")
-  after=$(cpu "$pid")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else {sub(/s/,"",v); print v*1000000}}' <<<"$out")
-  cpu_us=$(awk -v d=$((after - before)) -v t="$ticks" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1e6 / t / n}')
-  if grep -q "Non-2xx" <<<"$out"; then echo "  $name: non-2xx responses!" >&2; fi
-  echo "$name $rps $p99 $cpu_us" >> "$work/results"
-  printf '  %-18s %10s req/s   p99 %8s µs   CPU %6s µs/req\n' "$name" "$rps" "$p99" "$cpu_us"
-}
-
 echo "bench: $ROUNDS rounds × ${DURATION}s, $CONNS connections, wrk -t1 on core 1, servers on core 0"
 for round in $(seq "$ROUNDS"); do
   echo "round $round"
@@ -133,16 +108,4 @@ done
 
 echo
 echo "median over $ROUNDS rounds:"
-awk '
-  { rps[$1] = rps[$1] " " $2; p99[$1] = p99[$1] " " $3; cpu[$1] = cpu[$1] " " $4; if (!seen[$1]++) order[++n] = $1 }
-  function median(list,   a, k, i, j, t) {
-    k = split(list, a, " ")
-    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return a[int((k + 1) / 2)]
-  }
-  END {
-    for (i = 1; i <= n; i++) { name = order[i]; r[name] = median(rps[name]); p[name] = median(p99[name]); c[name] = median(cpu[name])
-      printf "  %-18s %10.0f req/s   p99 %8.0f µs   CPU %6s µs/req\n", name, r[name], p[name], c[name] }
-    printf "\nhello plugin vs wasmtime serve: throughput %.2f×, CPU per request %.2f× (lower is better)\n", r["gatehouse-hello"] / r["wasmtime-serve"], c["gatehouse-hello"] / c["wasmtime-serve"]
-    printf "hello plugin vs native route:   throughput %.2f×, CPU per request %.2f×\n", r["gatehouse-hello"] / r["gatehouse-native"], c["gatehouse-hello"] / c["gatehouse-native"]
-  }' "$work/results"
+summarize "hello plugin / wasmtime serve:gatehouse-hello:wasmtime-serve" "hello plugin / native route:gatehouse-hello:gatehouse-native"

@@ -17,20 +17,11 @@ DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 UP_PORT=18090 NGINX_PORT=18091 GH_PORT=18092 GH_LOG_PORT=18093
 
-need() {
-  command -v "$1" >/dev/null && return
-  [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
+. bench/lib.sh
 need nginx nginx-light
 need wrk wrk
 need taskset util-linux
-
-for port in $UP_PORT $NGINX_PORT $GH_PORT $GH_LOG_PORT 19901 19902; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "port $port is already in use: stop whatever listens there first" >&2; exit 1
-  fi
-done
+ports_free $UP_PORT $NGINX_PORT $GH_PORT $GH_LOG_PORT 19901 19902
 
 cargo build --release --workspace --quiet
 work=$(mktemp -d)
@@ -113,44 +104,15 @@ for port in $UP_PORT $NGINX_PORT $GH_PORT $GH_LOG_PORT; do
   [ "$code" = 200 ] || { echo "port $port answered $code" >&2; exit 1; }
 done
 
-ticks=$(getconf CLK_TCK)
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-# One measurement: name port pid → appends "name rps p99_us cpu_us_per_req".
-measure() {
-  local name=$1 port=$2 pid=$3 before after out rps p99 reqs
-  before=$( [ "$pid" = - ] && echo 0 || cpu "$pid")
-  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/bench")
-  after=$( [ "$pid" = - ] && echo 0 || cpu "$pid")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else {sub(/s/,"",v); print v*1000000}}' <<<"$out")
-  local cpu_us=-
-  [ "$pid" = - ] || cpu_us=$(awk -v d=$((after - before)) -v t="$ticks" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1e6 / t / n}')
-  echo "$name $rps $p99 $cpu_us" >> "$work/results"
-  printf '  %-22s %10s req/s   p99 %8s µs   CPU %6s µs/req\n' "$name" "$rps" "$p99" "$cpu_us"
-}
-
 echo "bench: $ROUNDS rounds × ${DURATION}s, $CONNS connections, wrk -t1 on core 1, servers on core 0"
 for round in $(seq "$ROUNDS"); do
   echo "round $round"
-  measure upstream-direct $UP_PORT -
-  measure nginx-proxy_pass $NGINX_PORT "$nginx_pid"
-  measure gatehouse $GH_PORT "$gh_pid"
-  measure gatehouse+access-log $GH_LOG_PORT "$gh_log_pid"
+  measure upstream-direct "http://127.0.0.1:$UP_PORT/api/bench" -
+  measure nginx-proxy_pass "http://127.0.0.1:$NGINX_PORT/api/bench" "$nginx_pid"
+  measure gatehouse "http://127.0.0.1:$GH_PORT/api/bench" "$gh_pid"
+  measure gatehouse+access-log "http://127.0.0.1:$GH_LOG_PORT/api/bench" "$gh_log_pid"
 done
 
 echo
 echo "median over $ROUNDS rounds:"
-awk '
-  { rps[$1] = rps[$1] " " $2; p99[$1] = p99[$1] " " $3; cpu[$1] = cpu[$1] " " $4; if (!seen[$1]++) order[++n] = $1 }
-  function median(list,   a, k, i, j, t) {
-    k = split(list, a, " ")
-    for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return a[int((k + 1) / 2)]
-  }
-  END {
-    for (i = 1; i <= n; i++) { name = order[i]; m_rps[name] = median(rps[name]); m_p99[name] = median(p99[name]); m_cpu[name] = median(cpu[name])
-      printf "  %-22s %10.0f req/s   p99 %8.0f µs   CPU %6s µs/req\n", name, m_rps[name], m_p99[name], m_cpu[name] }
-    printf "\ngatehouse / nginx: throughput %.2f×, p99 %.2f×, CPU per request %.2f×\n", m_rps["gatehouse"] / m_rps["nginx-proxy_pass"], m_p99["gatehouse"] / m_p99["nginx-proxy_pass"], m_cpu["gatehouse"] / m_cpu["nginx-proxy_pass"]
-  }' "$work/results"
+summarize "gatehouse / nginx:gatehouse:nginx-proxy_pass" "gatehouse+access-log / nginx:gatehouse+access-log:nginx-proxy_pass"

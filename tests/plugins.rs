@@ -19,6 +19,17 @@ fn bundled() -> Vec<(String, std::path::PathBuf)> {
         .collect()
 }
 
+/// The shipped routes with the bundled plugins in place.
+fn bundled_gateway(demo: &Demo) -> Gateway {
+    Gateway::start(
+        demo,
+        Setup {
+            plugins: bundled(),
+            ..Setup::default()
+        },
+    )
+}
+
 fn webhook_secret() -> String {
     format!("whsec_{}", STANDARD.encode(WEBHOOK_KEY))
 }
@@ -90,13 +101,7 @@ fn hello_answers_with_the_verified_caller_and_public_routes_have_none() {
 #[test]
 fn tier_gate_forwards_allowed_tiers_and_refuses_the_rest() {
     let demo = Demo::start();
-    let gw = Gateway::start(
-        &demo,
-        Setup {
-            plugins: bundled(),
-            ..Setup::default()
-        },
-    );
+    let gw = bundled_gateway(&demo);
     for tier in ["pro", "enterprise"] {
         let resp = gw.get_as("/api/v1/knowledge/premium/guide", &token("9", Some(tier)));
         assert_eq!(resp.status, 200, "{}", resp.text());
@@ -178,13 +183,7 @@ fn polar_webhook_forwards_only_genuine_webhooks() {
 #[test]
 fn polar_webhook_without_a_secret_refuses_everything_and_warns_at_start() {
     let demo = Demo::start();
-    let gw = Gateway::start(
-        &demo,
-        Setup {
-            plugins: bundled(),
-            ..Setup::default()
-        },
-    );
+    let gw = bundled_gateway(&demo);
     let warned = gw
         .proc
         .logs()

@@ -52,18 +52,19 @@ fn main() {
     let services = Arc::new(HashMap::new());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
+    let outbound = || Outbound {
+        client: client.clone(),
+        service: "user-service".into(),
+        upstream: upstream.clone(),
+        services: services.clone(),
+        calls: Vec::new(),
+        contract: contract.clone(),
+        host: None,
+        max_body: 1 << 20,
+    };
+
     let one = || {
-        let outbound = Outbound {
-            client: client.clone(),
-            service: "user-service".into(),
-            upstream: upstream.clone(),
-            services: services.clone(),
-            calls: Vec::new(),
-            contract: contract.clone(),
-            host: None,
-            max_body: 1 << 20,
-        };
-        let state = PluginState::new(plugin.name.clone(), "req-1".into(), route.clone(), outbound, 64 << 20);
+        let state = PluginState::new(plugin.name.clone(), "req-1".into(), route.clone(), outbound(), 64 << 20);
         let caller = Some(Caller {
             user_id: "42".into(),
             tier: Some("pro".into()),
@@ -88,17 +89,7 @@ fn main() {
         .map(|_| {
             let start = Instant::now();
             for _ in 0..PER_BATCH {
-                let outbound = Outbound {
-                    client: client.clone(),
-                    service: "user-service".into(),
-                    upstream: upstream.clone(),
-                    services: services.clone(),
-                    calls: Vec::new(),
-                    contract: contract.clone(),
-                    host: None,
-                    max_body: 1 << 20,
-                };
-                let state = PluginState::new(plugin.name.clone(), "req-1".into(), route.clone(), outbound, 64 << 20);
+                let state = PluginState::new(plugin.name.clone(), "req-1".into(), route.clone(), outbound(), 64 << 20);
                 std::hint::black_box(&state);
             }
             start.elapsed().as_secs_f64() * 1e6 / PER_BATCH as f64

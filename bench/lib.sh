@@ -1,0 +1,56 @@
+# Shared helpers for the bench scripts: tool installs, port checks, one wrk
+# measurement with the server's CPU time, and the median summary.
+# Expects: $work (scratch folder), $TOKEN, $CONNS, $DURATION.
+
+need() { # command debian-package
+  command -v "$1" >/dev/null && return
+  [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+ports_free() { # port...
+  for port in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "port $port is already in use: stop whatever listens there first" >&2; exit 1
+    fi
+  done
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# One measurement: name url pid ("-" for none) → prints a line and appends
+# "name rps p99_us cpu_us_per_req" to $work/results.
+measure() {
+  local name=$1 url=$2 pid=$3 before=0 after=0 out rps p99 reqs cpu_us=- ticks
+  ticks=$(getconf CLK_TCK)
+  [ "$pid" = - ] || before=$(cpu_ticks "$pid")
+  out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" "$url")
+  [ "$pid" = - ] || after=$(cpu_ticks "$pid")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else {sub(/s/,"",v); print v*1000000}}' <<<"$out")
+  [ "$pid" = - ] || cpu_us=$(awk -v d=$((after - before)) -v t="$ticks" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1e6 / t / n}')
+  if grep -q "Non-2xx" <<<"$out"; then echo "  $name: non-2xx responses!" >&2; fi
+  echo "$name $rps $p99 $cpu_us" >> "$work/results"
+  printf '  %-22s %10s req/s   p99 %8s µs   CPU %6s µs/req\n' "$name" "$rps" "$p99" "$cpu_us"
+}
+
+# Medians per name, then one ratio line per "label:a:b" argument (a over b).
+summarize() {
+  local IFS='|'
+  awk -v ratios="$*" '
+    { rps[$1] = rps[$1] " " $2; p99[$1] = p99[$1] " " $3; cpu[$1] = cpu[$1] " " $4; if (!seen[$1]++) order[++n] = $1 }
+    function median(list,   a, k, i, j, t) {
+      k = split(list, a, " ")
+      for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return a[int((k + 1) / 2)]
+    }
+    END {
+      for (i = 1; i <= n; i++) { name = order[i]; r[name] = median(rps[name]); p[name] = median(p99[name]); c[name] = median(cpu[name])
+        printf "  %-22s %10.0f req/s   p99 %8.0f µs   CPU %6s µs/req\n", name, r[name], p[name], c[name] }
+      print ""
+      k = split(ratios, list, "|")
+      for (i = 1; i <= k; i++) { split(list[i], f, ":")
+        printf "%s: throughput %.2f×, p99 %.2f×, CPU per request %.2f×\n", f[1], r[f[2]] / r[f[3]], p[f[2]] / p[f[3]], c[f[2]] / c[f[3]] }
+    }' "$work/results"
+}
