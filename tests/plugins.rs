@@ -452,3 +452,35 @@ fn an_exhausted_instance_pool_answers_503_not_a_crash() {
     // The slot is free again.
     assert_eq!(gw.get_as("/echo", &tok).status, 200);
 }
+
+#[test]
+fn a_spinning_plugin_does_not_hold_up_other_requests() {
+    let demo = Demo::start();
+    let routes = "service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n\n[[route]]\nprefix = \"/spin\"\nauth = \"required\"\nplugin = \"fault\"\nplugin_deadline = \"1500ms\"\n\n[route.settings]\nmode = \"loop\"\n\n[[route]]\nprefix = \"/echo\"\nauth = \"required\"\nplugin = \"fault\"\n\n[route.settings]\nmode = \"echo\"\n\n[[route]]\nprefix = \"/native\"\nauth = \"required\"\n";
+    // One worker thread: if the spinning plugin never yielded, nothing else could run.
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: vec![("fault.wasm".into(), plugin("fault"))],
+            routes: vec![("r.toml".into(), routes.into())],
+            shipped_routes: false,
+            workers: 1,
+            ..Setup::default()
+        },
+    );
+    let tok = token("42", None);
+    let addr = gw.addr;
+    let spin_tok = tok.clone();
+    let spinning = std::thread::spawn(move || {
+        raw(
+            addr,
+            format!("GET /spin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {spin_tok}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    for path in ["/echo", "/native", "/echo"] {
+        assert_eq!(gw.get_as(path, &tok).status, 200, "{path}");
+    }
+    assert!(!spinning.is_finished(), "the spinning request should still be running");
+    spinning.join().unwrap().assert_error(504);
+}

@@ -165,6 +165,8 @@ pub struct Setup {
     pub plugin_limits: String,
     /// Extra environment variables for the gateway.
     pub env: Vec<(String, String)>,
+    /// `serve --workers` (1 is a single-threaded runtime).
+    pub workers: usize,
 }
 
 impl Default for Setup {
@@ -179,6 +181,7 @@ impl Default for Setup {
             plugins: Vec::new(),
             plugin_limits: String::new(),
             env: Vec::new(),
+            workers: 2,
         }
     }
 }
@@ -278,7 +281,7 @@ impl Gateway {
         cmd.envs(setup.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.arg("--config")
             .arg(&config)
-            .args(["--log-format", "json", "serve", "--workers", "2"]);
+            .args(["--log-format", "json", "serve", "--workers", &setup.workers.to_string()]);
         let (proc, lines) = Proc::spawn(cmd, |l| l.contains("\"listening\""));
         let ready: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
         let addr = ready["addr"].as_str().unwrap().parse().unwrap();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 use super::bindings::{Action, Caller, Request, RequestInfo};
 use super::engine::Runtime;
@@ -43,8 +43,19 @@ pub async fn call(
     let memory = state.limiter_memory();
     let mut store = Store::new(&rt.engine, state);
     store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(Runtime::ticks(deadline));
-    store.epoch_deadline_trap();
+    // Every epoch tick a running plugin yields to the executor, so a
+    // CPU-bound plugin never holds up other requests on its worker thread;
+    // when its ticks are spent it is interrupted (a trap).
+    let mut ticks_left = Runtime::ticks(deadline);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        ticks_left = ticks_left.saturating_sub(1);
+        Ok(if ticks_left == 0 {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+        })
+    });
 
     let run = async {
         let handler = plugin.pre.instantiate_async(&mut store).await?;
@@ -53,8 +64,8 @@ pub async fn call(
             .call_handle(&mut store, caller.as_ref(), &info, &request)
             .await
     };
-    // The epoch stops a plugin that computes too long; the timer stops one
-    // that waits too long on a host call.
+    // The timer is the wall-clock deadline (it fires at a yield or while a
+    // host call waits); the epoch budget above is the backstop.
     let outcome = tokio::time::timeout(deadline, run).await;
     store.data().flush_stdio();
     let err = match outcome {
