@@ -10,8 +10,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use gatehouse::plugin::types::{Action, Caller, Request, RequestInfo, Response};
-pub use gatehouse::plugin::types::{Level, SendError};
+pub use self::gatehouse::plugin::types::{Action, Caller, Request, RequestInfo, Response};
+pub use self::gatehouse::plugin::types::{Level, SendError};
 
 /// The contract version this host serves; components must match its
 /// `major.minor` (0.x minors are breaking, as in Cargo).
