@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test build plugins lint bench
+.PHONY: run test build plugins lint bench bench-plugins
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -23,3 +23,7 @@ plugins:
 # Gateway vs nginx vs the bare upstream, interleaved (see bench/README.md).
 bench:
 	./bench/run.sh
+
+# The hello plugin route vs a native route vs `wasmtime serve` (see README).
+bench-plugins:
+	./bench/plugins.sh
