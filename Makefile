@@ -20,7 +20,7 @@ build: plugins
 plugins:
 	./scripts/build-plugins.sh
 
-# Gateway vs nginx vs the bare upstream, interleaved (see bench/README.md).
+# Gateway vs nginx vs the bare upstream, interleaved (see README.md).
 bench:
 	./bench/run.sh
 

@@ -258,6 +258,9 @@ fn fault_gateway(demo: &Demo) -> Gateway {
                 ),
             ],
             shipped_routes: false,
+            // Generous, so that a loaded test machine never turns a fault
+            // into a timeout; the loop route sets its own short deadline.
+            plugin_limits: "deadline = \"5s\"\n".into(),
             ..Setup::default()
         },
     )
@@ -413,29 +416,42 @@ fn broken_or_missing_plugins_are_refused_with_a_reason() {
     );
 }
 
+/// A gateway whose `/spin` route runs the `fault` plugin in a loop until
+/// `deadline`, beside `/echo` (the same plugin, answering) and `/native`.
+fn spinning_gateway(demo: &Demo, deadline: &str, tweak: impl FnOnce(&mut Setup)) -> Gateway {
+    let routes = format!(
+        "service = \"user-service\"\nupstream = \"http://127.0.0.1:{{user-service}}\"\n\n\
+         [[route]]\nprefix = \"/spin\"\nauth = \"required\"\nplugin = \"fault\"\nplugin_deadline = \"{deadline}\"\n\n[route.settings]\nmode = \"loop\"\n\n\
+         [[route]]\nprefix = \"/echo\"\nauth = \"required\"\nplugin = \"fault\"\n\n[route.settings]\nmode = \"echo\"\n\n\
+         [[route]]\nprefix = \"/native\"\nauth = \"required\"\n"
+    );
+    let mut setup = Setup {
+        plugins: vec![("fault.wasm".into(), plugin("fault"))],
+        routes: vec![("r.toml".into(), routes)],
+        shipped_routes: false,
+        // /echo must not time out on a loaded test machine.
+        plugin_limits: "deadline = \"5s\"\n".into(),
+        ..Setup::default()
+    };
+    tweak(&mut setup);
+    Gateway::start(demo, setup)
+}
+
+/// Sends `GET /spin` on its own thread; the handle yields the response.
+fn spin_in_background(gw: &Gateway, tok: &str) -> std::thread::JoinHandle<Response> {
+    let (addr, request) = (
+        gw.addr,
+        format!("GET /spin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n\r\n"),
+    );
+    std::thread::spawn(move || raw(addr, request.as_bytes()))
+}
+
 #[test]
 fn an_exhausted_instance_pool_answers_503_not_a_crash() {
     let demo = Demo::start();
-    let routes = "service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n\n[[route]]\nprefix = \"/slow\"\nauth = \"required\"\nplugin = \"fault\"\nplugin_deadline = \"2s\"\n\n[route.settings]\nmode = \"loop\"\n\n[[route]]\nprefix = \"/echo\"\nauth = \"required\"\nplugin = \"fault\"\n\n[route.settings]\nmode = \"echo\"\n";
-    let gw = Gateway::start(
-        &demo,
-        Setup {
-            plugins: vec![("fault.wasm".into(), plugin("fault"))],
-            routes: vec![("r.toml".into(), routes.into())],
-            shipped_routes: false,
-            plugin_limits: "max_instances = 1\n".into(),
-            ..Setup::default()
-        },
-    );
+    let gw = spinning_gateway(&demo, "2s", |s| s.plugin_limits.push_str("max_instances = 1\n"));
     let tok = token("42", None);
-    let addr = gw.addr;
-    let busy_tok = tok.clone();
-    let busy = std::thread::spawn(move || {
-        raw(
-            addr,
-            format!("GET /slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {busy_tok}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-    });
+    let busy = spin_in_background(&gw, &tok);
     // While the only instance spins, another request is refused, not queued forever.
     let mut saw_503 = false;
     for _ in 0..40 {
@@ -456,27 +472,10 @@ fn an_exhausted_instance_pool_answers_503_not_a_crash() {
 #[test]
 fn a_spinning_plugin_does_not_hold_up_other_requests() {
     let demo = Demo::start();
-    let routes = "service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n\n[[route]]\nprefix = \"/spin\"\nauth = \"required\"\nplugin = \"fault\"\nplugin_deadline = \"1500ms\"\n\n[route.settings]\nmode = \"loop\"\n\n[[route]]\nprefix = \"/echo\"\nauth = \"required\"\nplugin = \"fault\"\n\n[route.settings]\nmode = \"echo\"\n\n[[route]]\nprefix = \"/native\"\nauth = \"required\"\n";
     // One worker thread: if the spinning plugin never yielded, nothing else could run.
-    let gw = Gateway::start(
-        &demo,
-        Setup {
-            plugins: vec![("fault.wasm".into(), plugin("fault"))],
-            routes: vec![("r.toml".into(), routes.into())],
-            shipped_routes: false,
-            workers: 1,
-            ..Setup::default()
-        },
-    );
+    let gw = spinning_gateway(&demo, "1500ms", |s| s.workers = 1);
     let tok = token("42", None);
-    let addr = gw.addr;
-    let spin_tok = tok.clone();
-    let spinning = std::thread::spawn(move || {
-        raw(
-            addr,
-            format!("GET /spin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {spin_tok}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-    });
+    let spinning = spin_in_background(&gw, &tok);
     std::thread::sleep(std::time::Duration::from_millis(150));
     for path in ["/echo", "/native", "/echo"] {
         assert_eq!(gw.get_as(path, &tok).status, 200, "{path}");
