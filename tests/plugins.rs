@@ -340,9 +340,11 @@ fn plugins_get_the_caller_claims_and_their_output_is_logged() {
     let demo = Demo::start();
     let gw = fault_gateway(&demo);
     let tok = token_with(serde_json::json!({"sub": "42", "tier": "pro", "email": "a@b.c", "secret": "x", "exp": now() + 600}));
-    let resp = gw.get_as("/fault/echo", &tok);
+    let resp = gw.get("/fault/echo", &[("Authorization", &format!("Bearer {tok}")), ("X-Name", "café")]);
     let text = resp.text();
     assert!(text.contains("user-id: \"42\""), "{text}");
+    // UTF-8 header values reach the plugin intact.
+    assert!(text.contains("(\"x-name\", \"café\")"), "{text}");
     // Only the claims the route lists.
     assert!(
         text.contains("\"email\"") && text.contains("a@b.c") && !text.contains("secret"),

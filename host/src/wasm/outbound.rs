@@ -87,7 +87,11 @@ impl Outbound {
 pub fn to_wit_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string())))
+        .filter_map(|(n, v)| {
+            std::str::from_utf8(v.as_bytes())
+                .ok()
+                .map(|v| (n.as_str().to_string(), v.to_string()))
+        })
         .collect()
 }
 
