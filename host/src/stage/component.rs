@@ -36,10 +36,11 @@ pub enum Handled {
 }
 
 pub async fn run(ctx: &mut RequestCtx, gw: &Gateway, snapshot: &Snapshot, req: Request<Incoming>) -> Result<Handled, GatewayError> {
-    let route = ctx.route()?.clone();
-    let Some(rp) = route.plugin.clone() else {
+    // Native routes leave at once, without touching a reference count.
+    let Some(rp) = ctx.route()?.plugin.clone() else {
         return Ok(Handled::Native(req));
     };
+    let route = ctx.route()?.clone();
     ctx.plugin = Some(rp.name.as_str().into());
     let plugin = snapshot.plugins.get(&rp.name).map_err(GatewayError::PluginUnavailable)?.clone();
     let limits = &gw.runtime.limits;
