@@ -32,7 +32,12 @@ fn main() {
     let mut config = Config::load(None).expect("default config");
     config.plugins.cache_dir = repo.join("target/bench-plugin-cache");
     let runtime = Runtime::new(&config.plugins).expect("runtime");
-    let plugin = Arc::new(load_file(&runtime, &wasm, "hello").map_err(|(_, e)| e).expect("load hello.wasm"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let plugin = Arc::new(
+        load_file(&runtime, &wasm, "hello", rt.handle())
+            .map_err(|(_, e)| e)
+            .expect("load hello.wasm"),
+    );
     let upstream = Arc::new(Upstream {
         scheme: http::uri::Scheme::HTTP,
         authority: "127.0.0.1:9".parse().unwrap(),
@@ -50,7 +55,6 @@ fn main() {
     });
     let contract = Arc::new(Contract::default());
     let services = Arc::new(HashMap::new());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     let outbound = || Outbound {
         client: client.clone(),

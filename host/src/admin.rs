@@ -1,10 +1,11 @@
 //! The admin listener (loopback by default, never the public port):
-//! `/healthz`, `/readyz`, `/admin/routes` and `/admin/plugins`.
+//! `/healthz`, `/readyz`, `/admin/routes`, `/admin/plugins`,
+//! `POST /admin/reload` and `/admin/reloads`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -15,7 +16,10 @@ use tokio::net::TcpListener;
 
 use crate::body::{GatewayBody, full};
 use crate::gateway::Gateway;
-use crate::wasm::PluginFile;
+use crate::reload::{Outcome, Trigger};
+
+/// How long `POST /admin/reload` waits for its attempt before answering 202.
+const RELOAD_WAIT: Duration = Duration::from_secs(60);
 
 fn json_response(status: StatusCode, body: &Value) -> Response<GatewayBody> {
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
@@ -52,15 +56,16 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// One object per file in the plugins folder (loaded or failed), with the
-/// routes that use it.
+/// One object per plugin name: the version that serves (`loaded`), or the
+/// newest file's refusal (`failed`, with `serving` when an older version
+/// still serves), or a removed file that routes still use (`removed`).
 fn plugins(gw: &Gateway) -> Value {
     let snapshot = gw.snapshot();
     let list: Vec<Value> = snapshot
         .plugins
         .files
         .iter()
-        .map(|(name, file)| {
+        .map(|(name, entry)| {
             let routes: Vec<&str> = snapshot
                 .router
                 .routes()
@@ -68,47 +73,86 @@ fn plugins(gw: &Gateway) -> Value {
                 .filter(|r| r.plugin.as_ref().is_some_and(|p| &p.name == name))
                 .map(|r| r.prefix.as_str())
                 .collect();
-            match file {
-                PluginFile::Loaded(p) => {
-                    let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-                    let s = &p.stats;
-                    json!({
-                        "name": name,
-                        "sha256": p.sha256,
-                        "state": "loaded",
-                        "loaded_at": rfc3339(p.loaded_at),
-                        "routes": routes,
-                        "calls": n(&s.calls),
-                        "failures": {
-                            "trap": n(&s.traps),
-                            "deadline": n(&s.timeouts),
-                            "memory": n(&s.memory_limit),
-                            "pool_exhausted": n(&s.busy),
-                            "invalid_result": n(&s.bad_results),
-                        },
-                    })
+            let serving = entry.serving.as_ref().map(|p| {
+                let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let s = &p.stats;
+                json!({
+                    "sha256": p.sha256,
+                    "loaded_at": rfc3339(p.loaded_at),
+                    "calls": n(&s.calls),
+                    "failures": {
+                        "trap": n(&s.traps),
+                        "deadline": n(&s.timeouts),
+                        "memory": n(&s.memory_limit),
+                        "pool_exhausted": n(&s.busy),
+                        "invalid_result": n(&s.bad_results),
+                    },
+                })
+            });
+            let mut obj = json!({"name": name, "routes": routes});
+            match (&entry.refused, &serving) {
+                (Some(r), _) => {
+                    obj["state"] = json!("failed");
+                    obj["sha256"] = json!(r.sha256);
+                    obj["error"] = json!(r.error);
+                    obj["failed_at"] = json!(rfc3339(r.at));
+                    obj["serving"] = serving.unwrap_or(Value::Null);
                 }
-                PluginFile::Failed { sha256, error, at } => json!({
-                    "name": name,
-                    "sha256": sha256,
-                    "state": "failed",
-                    "error": error,
-                    "failed_at": rfc3339(*at),
-                    "routes": routes,
-                }),
+                (None, Some(Value::Object(fields))) => {
+                    obj["state"] = json!(if entry.removed { "removed" } else { "loaded" });
+                    if entry.removed {
+                        obj["error"] = json!("the file was removed, but routes still use this plugin: the loaded version keeps serving");
+                    }
+                    for (k, v) in fields {
+                        obj[k.as_str()] = v.clone();
+                    }
+                }
+                (None, _) => obj["state"] = json!("failed"),
             }
+            obj
         })
         .collect();
     Value::Array(list)
 }
 
-fn route_admin<B>(gw: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
+/// Recent reload attempts, newest first.
+fn reloads(gw: &Gateway) -> Value {
+    let list: Vec<Value> = gw
+        .reloads
+        .recent()
+        .iter()
+        .map(|a| serde_json::to_value(&**a).unwrap_or(Value::Null))
+        .collect();
+    Value::Array(list)
+}
+
+/// Reloads now and answers with the attempt: 200 when it applied (or found
+/// nothing to do), 422 when something was refused.
+async fn reload(gw: &Gateway) -> Response<GatewayBody> {
+    let waited = tokio::time::timeout(RELOAD_WAIT, gw.reloads.request(Trigger::Admin)).await;
+    match waited {
+        Ok(Some(attempt)) => {
+            let status = match attempt.outcome {
+                Outcome::Applied | Outcome::Unchanged => StatusCode::OK,
+                Outcome::Partial | Outcome::Refused => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            json_response(status, &serde_json::to_value(&*attempt).unwrap_or(Value::Null))
+        }
+        Ok(None) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"error": "reloading is not running"})),
+        Err(_) => json_response(StatusCode::ACCEPTED, &json!({"status": "still reloading; see GET /admin/reloads"})),
+    }
+}
+
+async fn route_admin<B>(gw: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") if gw.is_draining() => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"})),
         (&Method::GET, "/readyz") => json_response(StatusCode::OK, &json!({"status": "ready"})),
         (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &routes(gw)),
         (&Method::GET, "/admin/plugins") => json_response(StatusCode::OK, &plugins(gw)),
+        (&Method::GET, "/admin/reloads") => json_response(StatusCode::OK, &reloads(gw)),
+        (&Method::POST, "/admin/reload") => reload(gw).await,
+        (_, "/admin/reload") => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use POST"})),
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }
@@ -120,8 +164,8 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
         let gw = gw.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = route_admin(&gw, &req);
-                async move { Ok::<_, Infallible>(resp) }
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(route_admin(&gw, &req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -8,13 +8,15 @@
 //!
 //! ```text
 //! server ──accept──▶ Gateway::handle (pipeline)
-//!                     request_id → admit → route → authenticate → identity → upstream
-//!                     → echo request id → log
+//!                     request_id → admit → route → authenticate → identity
+//!                     → component → upstream → echo request id → log
 //!   config   gatehouse.toml + routes/*.toml → validated types (file:line errors)
-//!   snapshot immutable Router behind ArcSwap (reload swaps it whole)
+//!   snapshot immutable routes + plugins behind ArcSwap (a reload swaps it whole)
+//!   reload   watch plugins/ and routes/, SIGHUP, POST /admin/reload → rebuild → swap
+//!   wasm     engine, bindings, host imports, loading and calling plugins
 //!   auth     JWT keys pinned per algorithm, JWKS, verified-token cache
 //!   headers  the identity header names and strip rules, in one place
-//!   admin    /healthz /readyz /admin/routes on a separate listener
+//!   admin    /healthz /readyz /admin/{routes,plugins,reload,reloads} on a separate listener
 //! ```
 
 pub mod admin;
@@ -28,6 +30,7 @@ pub mod gateway;
 pub mod headers;
 pub mod path;
 mod pipeline;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use gatehouse::config::Config;
-use gatehouse::gateway::{Gateway, load_snapshot};
+use gatehouse::gateway::Gateway;
+use gatehouse::snapshot::load_snapshot;
 use gatehouse::wasm::Runtime;
 use serde_json::{Value, json};
 
@@ -120,14 +121,15 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(config: Option<PathBuf>, workers: Option<usize>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
     let wasm = Arc::new(Runtime::new(&config.plugins).map_err(|e| anyhow!(e))?);
-    let (snapshot, report) = load_snapshot(&config, &wasm)?;
+    let rt = runtime(workers)?;
+    let (snapshot, report) = load_snapshot(&config, &wasm, rt.handle())?;
     for problem in &report.problems {
         tracing::error!("{problem}");
     }
     for warning in &report.warnings {
         tracing::warn!("{warning}");
     }
-    runtime(workers)?.block_on(async move {
+    rt.block_on(async move {
         let (listen, admin_addr) = (config.server.listen, config.server.admin);
         let gw = Gateway::new(config, wasm, snapshot).await.map_err(|e| anyhow!(e))?;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -136,9 +138,6 @@ fn serve(config: Option<PathBuf>, workers: Option<usize>) -> anyhow::Result<()> 
         let admin = tokio::net::TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
-        let (addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
-        let routes = gw.snapshot().router.routes().len();
-        tracing::info!(%addr, admin = %admin_addr, routes, "listening");
         gatehouse::server::run(gw, listener, admin, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(())
@@ -167,7 +166,8 @@ async fn shutdown_signal() {
 fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
     let wasm = Runtime::new(&config.plugins).map_err(|e| anyhow!(e))?;
-    let (snapshot, report) = load_snapshot(&config, &wasm)?;
+    let rt = runtime(Some(1))?;
+    let (snapshot, report) = load_snapshot(&config, &wasm, rt.handle())?;
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }
@@ -177,9 +177,7 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
         }
         return Err(first.clone().into());
     }
-    runtime(Some(1))?
-        .block_on(gatehouse::auth::Verifier::new(&config.auth))
-        .map_err(|e| anyhow!(e))?;
+    rt.block_on(gatehouse::auth::Verifier::new(&config.auth)).map_err(|e| anyhow!(e))?;
     let source = config.file.as_ref().map_or("built-in defaults".into(), |f| f.display().to_string());
     println!(
         "ok: {source}, {} routes from {}, {} plugins from {}",

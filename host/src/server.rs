@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use crate::admin;
 use crate::config::ServerConfig;
 use crate::gateway::Gateway;
+use crate::reload;
 
 /// The connection builder. hyper's own limits sit at twice the configured
 /// ones: requests between the two get the gateway's 431 with a JSON body and
@@ -38,6 +39,13 @@ fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// returns.
 pub async fn run(gw: Arc<Gateway>, listener: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
     let cfg = gw.config.server.clone();
+    // Watching starts before "listening" is logged: a file written after
+    // that line is always seen.
+    let reload_task = reload::spawn(gw.clone());
+    if let (Ok(addr), Ok(admin_addr)) = (listener.local_addr(), admin.local_addr()) {
+        let routes = gw.snapshot().router.routes().len();
+        tracing::info!(%addr, admin = %admin_addr, routes, "listening");
+    }
     let admin_task = tokio::spawn(admin::serve(gw.clone(), admin));
     let builder = builder(&cfg);
     let permits = Arc::new(Semaphore::new(cfg.max_connections));
@@ -84,4 +92,5 @@ pub async fn run(gw: Arc<Gateway>, listener: TcpListener, admin: TcpListener, sh
         () = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
     admin_task.abort();
+    reload_task.abort();
 }

@@ -167,6 +167,8 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// `serve --workers` (1 is a single-threaded runtime).
     pub workers: usize,
+    /// Lines for `[reload]`.
+    pub reload: String,
 }
 
 impl Default for Setup {
@@ -182,6 +184,7 @@ impl Default for Setup {
             plugin_limits: String::new(),
             env: Vec::new(),
             workers: 2,
+            reload: String::new(),
         }
     }
 }
@@ -233,12 +236,13 @@ pub fn write_config(demo: &Demo, setup: &Setup) -> (tempfile::TempDir, PathBuf) 
     }
     let cache = repo().join("target").join("test-plugin-cache");
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n\n[plugins]\ncache_dir = {:?}\n{}\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n\n[plugins]\ncache_dir = {:?}\n{}\n\n[reload]\n{}\n",
         setup.server,
         setup.upstream,
         setup.auth,
         cache.display().to_string(),
-        setup.plugin_limits
+        setup.plugin_limits,
+        setup.reload
     );
     let path = dir.path().join("gatehouse.toml");
     std::fs::write(&path, config).unwrap();
@@ -484,4 +488,91 @@ pub fn admin_get(addr: SocketAddr, path: &str) -> Response {
         addr,
         format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
     )
+}
+
+/// A request to the admin listener with a method (`Connection: close`).
+pub fn admin_request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    raw(
+        addr,
+        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Polls `check` every 10 ms until it gives a value or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection that sends GETs one after another.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            addr,
+            stream: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// GET `path` with these headers; `Err` says what went wrong on the wire
+    /// (the connection is reopened on the next call).
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+        let result = self.try_get(path, headers);
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn try_get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(self.addr).map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+            s.set_nodelay(true).map_err(|e| e.to_string())?;
+            self.stream = Some(s);
+            self.buf.clear();
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: gw.test\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .ok_or_else(|| format!("response without content-length: {head}"))?;
+                if self.buf.len() >= end + 4 + len {
+                    let rest = self.buf.split_off(end + 4 + len);
+                    let raw = std::mem::replace(&mut self.buf, rest);
+                    return parse_all(&raw).into_iter().next().ok_or_else(|| "unparsable response".to_string());
+                }
+            }
+            let n = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("connection closed before a whole response".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }

@@ -23,6 +23,23 @@ struct RawConfig {
     upstream: RawUpstream,
     auth: RawAuth,
     plugins: RawPlugins,
+    reload: RawReload,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReload {
+    watch: bool,
+    settle: Dur,
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload {
+            watch: true,
+            settle: Dur(Duration::from_millis(100)),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +174,17 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub auth: AuthConfig,
     pub plugins: PluginsConfig,
+    pub reload: ReloadConfig,
+}
+
+/// Hot reload of `plugins/` and `routes/`.
+#[derive(Debug, Clone)]
+pub struct ReloadConfig {
+    /// Watch the folders (SIGHUP and `POST /admin/reload` work either way).
+    pub watch: bool,
+    /// How long a file still open for writing must stay quiet before it is
+    /// read; a file closed after writing, renamed or removed is read at once.
+    pub settle: Duration,
 }
 
 /// Limits every plugin runs under (a route may lower them, never raise the
@@ -335,12 +363,17 @@ impl Config {
             max_instances: p.max_instances.clamp(1, 100_000),
             cache_dir: base.join(&p.cache_dir),
         };
+        let reload = ReloadConfig {
+            watch: raw.reload.watch,
+            settle: raw.reload.settle.0.min(Duration::from_secs(10)),
+        };
         Ok(Config {
             file,
             server,
             upstream,
             auth,
             plugins,
+            reload,
         })
     }
 }

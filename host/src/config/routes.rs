@@ -102,7 +102,7 @@ pub struct Route {
 
 /// A route's plugin: its name (the file stem in `plugins/`), settings and
 /// the limits it runs under.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RoutePlugin {
     pub name: String,
     /// `[route.settings]`, values as text, `${NAME}` already expanded.

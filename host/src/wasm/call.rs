@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
-use super::bindings::{Action, Caller, Request, RequestInfo};
+use super::bindings::{Action, Caller, Request, RequestInfo, RouteHandlerPre};
 use super::engine::Runtime;
 use super::host::PluginState;
 use super::load::{LoadedPlugin, PluginStats};
@@ -84,4 +84,22 @@ pub async fn call(
     };
     PluginStats::bump(counter);
     Err(err)
+}
+
+/// Instantiates `pre` once, without calling it, under the plugin limits: a
+/// component whose instantiation traps, runs away or needs more memory than
+/// allowed is refused at load time instead of failing every request.
+pub async fn probe(rt: &Runtime, pre: &RouteHandlerPre<PluginState>, name: &str) -> Result<(), String> {
+    let state = PluginState::probe(name.into(), rt.limits.memory as usize);
+    let mut store = Store::new(&rt.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(Runtime::ticks(rt.limits.deadline));
+    store.epoch_deadline_trap();
+    match pre.instantiate_async(&mut store).await {
+        Ok(_) => Ok(()),
+        // Every slot busy serving requests says nothing about this component.
+        Err(e) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => Ok(()),
+        Err(_) if store.data().limiter.memory_hit => Err(format!("it needs more than the {} bytes of memory allowed", rt.limits.memory)),
+        Err(e) => Err(format!("{e:#}")),
+    }
 }

@@ -29,7 +29,8 @@ pub struct PluginState {
     pub plugin: Arc<str>,
     pub request_id: String,
     pub route: Arc<RoutePlugin>,
-    pub outbound: Outbound,
+    /// `None` for the trial instantiation at load time (no request).
+    pub outbound: Option<Outbound>,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     log_lines: u32,
@@ -37,6 +38,16 @@ pub struct PluginState {
 
 impl PluginState {
     pub fn new(plugin: Arc<str>, request_id: String, route: Arc<RoutePlugin>, outbound: Outbound, memory: usize) -> PluginState {
+        PluginState::build(plugin, request_id, route, Some(outbound), memory)
+    }
+
+    /// State for the trial instantiation when a plugin loads: no request,
+    /// no settings, no way out.
+    pub fn probe(plugin: Arc<str>, memory: usize) -> PluginState {
+        PluginState::build(plugin, String::new(), Arc::default(), None, memory)
+    }
+
+    fn build(plugin: Arc<str>, request_id: String, route: Arc<RoutePlugin>, outbound: Option<Outbound>, memory: usize) -> PluginState {
         let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
         let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
         // Nothing is granted: no preopened directories, no environment, no
@@ -127,7 +138,10 @@ impl types::Host for PluginState {}
 
 impl upstream::Host for PluginState {
     async fn send(&mut self, service: Option<String>, request: Request) -> Result<Response, SendError> {
-        self.outbound.send(service.as_deref(), request).await
+        match &self.outbound {
+            Some(out) => out.send(service.as_deref(), request).await,
+            None => Err(SendError::NotAllowed("no request is being handled".into())),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Loading `plugins/*.wasm`: hash, compile (or reuse the on-disk cache),
-//! check the contract version, pre-link. A file that fails is kept as a
-//! `Failed` record with its reason, for `/admin/plugins` and the routes
-//! that name it.
+//! check the contract version, pre-link, instantiate once. Loading is
+//! incremental: unchanged content keeps its loaded version, and refused
+//! content never replaces a version that serves (it is recorded next to it
+//! for `/admin/plugins` and the log).
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
 use wasmtime::component::Component;
 
 use super::bindings::{CONTRACT_VERSION, HANDLER_INTERFACE, RouteHandlerPre};
@@ -43,83 +45,230 @@ pub struct LoadedPlugin {
     pub stats: PluginStats,
 }
 
-/// One file in `plugins/`.
-pub enum PluginFile {
-    Loaded(Arc<LoadedPlugin>),
-    Failed {
-        sha256: Option<String>,
-        error: String,
-        at: SystemTime,
-    },
+/// Why a file's content was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The content hash, when the file could be read.
+    pub sha256: Option<String>,
+    pub error: String,
+    pub at: SystemTime,
 }
 
-/// Every plugin file, by name (the file stem).
-#[derive(Default)]
+/// One plugin name (a file stem in `plugins/`): the version requests run,
+/// and what became of the newest file content when it was refused.
+#[derive(Clone, Default)]
+pub struct PluginEntry {
+    /// The version routes run; `None` when nothing under this name ever loaded.
+    pub serving: Option<Arc<LoadedPlugin>>,
+    /// The newest content, when it was refused (`serving` keeps serving).
+    pub refused: Option<Refusal>,
+    /// The file is gone but routes still use `serving`, so it stays.
+    pub removed: bool,
+}
+
+/// Every plugin, by name.
+#[derive(Default, Clone)]
 pub struct PluginSet {
-    pub files: BTreeMap<String, PluginFile>,
+    pub files: BTreeMap<String, PluginEntry>,
 }
 
 impl PluginSet {
-    /// The loaded plugin called `name`, or why there is none.
+    /// The version of `name` that serves, or why there is none.
     pub fn get(&self, name: &str) -> Result<&Arc<LoadedPlugin>, String> {
         match self.files.get(name) {
-            Some(PluginFile::Loaded(p)) => Ok(p),
-            Some(PluginFile::Failed { error, .. }) => Err(format!("plugin {name:?} failed to load: {error}")),
-            None => Err(format!("plugin {name:?} not found (no {name}.wasm in the plugins folder)")),
+            Some(PluginEntry { serving: Some(p), .. }) => Ok(p),
+            Some(PluginEntry { refused: Some(r), .. }) => Err(format!("plugin {name:?} failed to load: {}", r.error)),
+            _ => Err(format!("plugin {name:?} not found (no {name}.wasm in the plugins folder)")),
         }
     }
 }
 
-/// Loads every `*.wasm` directly in `dir`. A missing folder is an empty set.
-pub fn load_dir(rt: &Runtime, dir: &Path) -> PluginSet {
-    let mut set = PluginSet::default();
+/// What loading did to one plugin name, compared with the previous set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// New content loaded and now serves.
+    Loaded { name: String, sha256: String },
+    /// New content refused; `kept` says whether an older version still serves.
+    Refused { name: String, error: String, kept: bool },
+    /// The file is gone and nothing uses it any more.
+    Removed { name: String },
+    /// The file is gone but routes use it: the loaded version keeps serving.
+    Retained { name: String },
+    /// The file is back to the content that serves: its refusal is cleared.
+    Restored { name: String },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Loaded { name, sha256 } => write!(f, "{name}.wasm: loaded (sha256 {})", &sha256[..12]),
+            Change::Refused { name, error, kept: true } => {
+                write!(f, "{name}.wasm: refused, the previous version keeps serving: {error}")
+            }
+            Change::Refused { name, error, kept: false } => write!(f, "{name}.wasm: refused: {error}"),
+            Change::Removed { name } => write!(f, "{name}.wasm: removed"),
+            Change::Retained { name } => write!(
+                f,
+                "{name}.wasm: removal refused, routes still use it: the loaded version keeps serving (remove those routes first to retire it)"
+            ),
+            Change::Restored { name } => write!(f, "{name}.wasm: back to the version that serves"),
+        }
+    }
+}
+
+/// The `*.wasm` files directly in `dir`, by plugin name. A missing folder has none.
+fn wasm_files(dir: &Path) -> Vec<(String, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return set;
+        return Vec::new();
     };
-    let mut paths: Vec<PathBuf> = entries
+    let mut files: Vec<(String, PathBuf)> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "wasm") && p.is_file())
+        .filter_map(|p| Some((p.file_stem()?.to_str()?.to_string(), p.clone())))
+        // Hidden files are editors' and copy tools' temporaries.
+        .filter(|(name, _)| !name.starts_with('.'))
         .collect();
-    paths.sort();
-    for path in paths {
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+    files.sort();
+    files
+}
+
+/// Loads every `*.wasm` in `dir`, reusing what `previous` already has for
+/// unchanged content (same hash: no compile, same instance, same counters).
+/// New content that fails leaves the previous version serving. A file that
+/// disappeared stays loaded while `in_use(name)` is true. Blocking: call it
+/// off the request path; `handle` runs the trial instantiation.
+pub fn load_dir(
+    rt: &Runtime,
+    dir: &Path,
+    previous: &PluginSet,
+    in_use: &dyn Fn(&str) -> bool,
+    handle: &Handle,
+) -> (PluginSet, Vec<Change>) {
+    let mut set = PluginSet::default();
+    let mut changes = Vec::new();
+    for (name, path) in wasm_files(dir) {
+        let prev = previous.files.get(&name).cloned().unwrap_or_default();
+        let (entry, change) = load_entry(rt, &path, &name, prev, handle);
+        changes.extend(change);
+        set.files.insert(name, entry);
+    }
+    for (name, prev) in &previous.files {
+        if set.files.contains_key(name) {
             continue;
-        };
-        let file = match load_file(rt, &path, &name) {
-            Ok(p) => {
-                tracing::info!(plugin = %name, sha256 = %p.sha256, "plugin loaded");
-                PluginFile::Loaded(Arc::new(p))
+        }
+        match &prev.serving {
+            Some(_) if in_use(name) => {
+                if !prev.removed {
+                    tracing::warn!(plugin = %name, "plugin file removed while routes use it: the loaded version keeps serving");
+                    changes.push(Change::Retained { name: name.clone() });
+                }
+                let entry = PluginEntry {
+                    serving: prev.serving.clone(),
+                    refused: None,
+                    removed: true,
+                };
+                set.files.insert(name.clone(), entry);
             }
-            Err((sha256, error)) => {
+            _ => {
+                tracing::info!(plugin = %name, "plugin removed");
+                changes.push(Change::Removed { name: name.clone() });
+            }
+        }
+    }
+    (set, changes)
+}
+
+/// Brings one name up to date with its file.
+fn load_entry(rt: &Runtime, path: &Path, name: &str, prev: PluginEntry, handle: &Handle) -> (PluginEntry, Option<Change>) {
+    let bytes = std::fs::read(path).map_err(|e| (None, format!("cannot read {}: {e}", path.display())));
+    let sha256 = bytes.as_ref().ok().map(|b| hex(&Sha256::digest(b)));
+    if let (Some(p), Some(sha)) = (&prev.serving, &sha256)
+        && p.sha256 == *sha
+    {
+        let change = (prev.refused.is_some() || prev.removed).then(|| Change::Restored { name: name.to_string() });
+        let entry = PluginEntry {
+            serving: prev.serving,
+            refused: None,
+            removed: false,
+        };
+        return (entry, change);
+    }
+    if let Some(r) = &prev.refused
+        && r.sha256.is_some()
+        && r.sha256 == sha256
+    {
+        // The same bytes were refused before: nothing new to say.
+        return (prev, None);
+    }
+    let loaded = bytes.and_then(|b| load_bytes(rt, &b, name, handle));
+    match loaded {
+        Ok(p) => {
+            tracing::info!(plugin = %name, sha256 = %p.sha256, "plugin loaded");
+            let change = Change::Loaded {
+                name: name.to_string(),
+                sha256: p.sha256.clone(),
+            };
+            let entry = PluginEntry {
+                serving: Some(Arc::new(p)),
+                refused: None,
+                removed: false,
+            };
+            (entry, Some(change))
+        }
+        Err((sha256, error)) => {
+            let kept = prev.serving.is_some();
+            if kept {
+                tracing::error!(plugin = %name, file = %path.display(), "plugin refused, the previous version keeps serving: {error}");
+            } else {
                 tracing::error!(plugin = %name, file = %path.display(), "plugin refused: {error}");
-                PluginFile::Failed {
+            }
+            let same = prev.refused.as_ref().is_some_and(|r| r.sha256 == sha256 && r.error == error);
+            let change = (!same).then(|| Change::Refused {
+                name: name.to_string(),
+                error: error.clone(),
+                kept,
+            });
+            let entry = PluginEntry {
+                serving: prev.serving,
+                refused: Some(Refusal {
                     sha256,
                     error,
                     at: SystemTime::now(),
-                }
-            }
-        };
-        set.files.insert(name, file);
+                }),
+                removed: false,
+            };
+            (entry, change)
+        }
     }
-    set
 }
 
-/// Loads one component file. On failure: its hash (if it could be read) and why.
-pub fn load_file(rt: &Runtime, path: &Path, name: &str) -> Result<LoadedPlugin, (Option<String>, String)> {
+/// Loads one component file (blocking; `handle` runs the trial
+/// instantiation). On failure: its hash (if it could be read) and why.
+pub fn load_file(rt: &Runtime, path: &Path, name: &str, handle: &Handle) -> Result<LoadedPlugin, (Option<String>, String)> {
     let bytes = std::fs::read(path).map_err(|e| (None, format!("cannot read {}: {e}", path.display())))?;
-    let sha256 = hex(&Sha256::digest(&bytes));
+    load_bytes(rt, &bytes, name, handle)
+}
+
+/// Hashes, compiles (or reuses the cache), checks the contract, pre-links and
+/// instantiates once: a component that would fail on every request is refused
+/// here instead.
+fn load_bytes(rt: &Runtime, bytes: &[u8], name: &str, handle: &Handle) -> Result<LoadedPlugin, (Option<String>, String)> {
+    let sha256 = hex(&Sha256::digest(bytes));
     let fail = |msg: String| (Some(sha256.clone()), msg);
     if !bytes.starts_with(b"\0asm") {
         return Err(fail("not a WebAssembly file".into()));
     }
-    let component = compile(rt, &bytes, &sha256).map_err(fail)?;
+    let component = compile(rt, bytes, &sha256).map_err(fail)?;
     check_contract(rt, &component).map_err(fail)?;
     let pre = rt
         .linker
         .instantiate_pre(&component)
         .map_err(|e| fail(format!("it needs an import this gateway does not provide: {e:#}")))?;
     let pre = RouteHandlerPre::new(pre).map_err(|e| fail(format!("its exports do not match the route-handler world: {e:#}")))?;
+    handle
+        .block_on(super::call::probe(rt, &pre, name))
+        .map_err(|e| fail(format!("it fails to instantiate: {e}")))?;
     Ok(LoadedPlugin {
         name: name.into(),
         sha256,

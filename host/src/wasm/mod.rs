@@ -10,4 +10,4 @@ pub mod outbound;
 
 pub use call::{CallError, call};
 pub use engine::Runtime;
-pub use load::{LoadedPlugin, PluginFile, PluginSet, load_dir};
+pub use load::{LoadedPlugin, PluginEntry, PluginSet, load_dir};

@@ -1,0 +1,403 @@
+//! Hot reload: `plugins/*.wasm` and `routes/*.toml` are watched (inotify via
+//! `notify`), and `SIGHUP` or `POST /admin/reload` ask for a reload
+//! explicitly. One task does every reload, one at a time: it collects the
+//! requests that arrive close together, rebuilds the snapshot in a blocking
+//! task (compiling only what changed), swaps it in whole and records the
+//! attempt for `GET /admin/reloads`.
+//!
+//! Copies are not atomic, so when to read a file matters. A file closed
+//! after writing, renamed into place or removed is read at once; a file that
+//! is still open for writing is read once it has been quiet for
+//! `reload.settle`. If that was too early (a slow writer), the half file is
+//! refused like any bad file, the previous version keeps serving, and the
+//! writer's next write or close triggers another reload that loads it.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::gateway::Gateway;
+use crate::snapshot::{Rebuilt, rebuild};
+
+/// Attempts kept for `GET /admin/reloads`.
+const HISTORY: usize = 50;
+/// How long a batch of finished writes stays open for more of them (an
+/// editor's rename pair, `cp` of several files).
+const COALESCE: Duration = Duration::from_millis(2);
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The catch-up reload right after start.
+    Start,
+    Watch,
+    Signal,
+    Admin,
+}
+
+/// How a reload attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Something new serves and nothing was refused.
+    Applied,
+    /// Something new serves, and something else was refused.
+    Partial,
+    /// Everything new was refused; what served before still does.
+    Refused,
+    /// Nothing differs from what serves.
+    Unchanged,
+}
+
+/// One reload attempt, as `GET /admin/reloads` shows it.
+#[derive(Debug, Serialize)]
+pub struct Attempt {
+    /// When it finished (RFC 3339).
+    pub at: String,
+    pub triggers: Vec<Trigger>,
+    /// The files whose events started it (empty for an explicit reload).
+    pub files: Vec<String>,
+    pub outcome: Outcome,
+    pub duration_ms: f64,
+    pub changes: Vec<String>,
+    /// What was refused; the previous version of it keeps serving.
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Attempts by outcome, since start (for metrics).
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    pub applied: AtomicU64,
+    pub partial: AtomicU64,
+    pub refused: AtomicU64,
+    pub unchanged: AtomicU64,
+}
+
+/// A request for a reload.
+struct Job {
+    trigger: Trigger,
+    /// The file an event was about.
+    path: Option<PathBuf>,
+    /// False while the file may still be being written.
+    settled: bool,
+    done: Option<oneshot::Sender<Arc<Attempt>>>,
+}
+
+/// The reload queue and the record of recent attempts (part of `Gateway`).
+pub struct Reloads {
+    tx: mpsc::UnboundedSender<Job>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
+    history: Mutex<VecDeque<Arc<Attempt>>>,
+    pub counts: ReloadCounts,
+}
+
+impl Default for Reloads {
+    fn default() -> Self {
+        Reloads::new()
+    }
+}
+
+impl Reloads {
+    pub fn new() -> Reloads {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Reloads {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            history: Mutex::new(VecDeque::new()),
+            counts: ReloadCounts::default(),
+        }
+    }
+
+    /// Asks for a reload and waits for the attempt that covers it. `None`
+    /// when no reload task runs.
+    pub async fn request(&self, trigger: Trigger) -> Option<Arc<Attempt>> {
+        let (done, wait) = oneshot::channel();
+        let job = Job {
+            trigger,
+            path: None,
+            settled: true,
+            done: Some(done),
+        };
+        self.tx.send(job).ok()?;
+        wait.await.ok()
+    }
+
+    /// Recent attempts, newest first.
+    pub fn recent(&self) -> Vec<Arc<Attempt>> {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+
+    fn record(&self, attempt: Arc<Attempt>) {
+        let counter = match attempt.outcome {
+            Outcome::Applied => &self.counts.applied,
+            Outcome::Partial => &self.counts.partial,
+            Outcome::Refused => &self.counts.refused,
+            Outcome::Unchanged => &self.counts.unchanged,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(attempt);
+    }
+}
+
+/// Starts the folder watchers (when `reload.watch`) and the `SIGHUP`
+/// listener at once, then serves the reload queue in a task until it is
+/// aborted. Files changed between the start-up load and the watch are
+/// caught by a first reload, recorded only if it finds something.
+pub fn spawn(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
+    let rx = gw.reloads.rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let watchers = if gw.config.reload.watch { watch(&gw) } else { Vec::new() };
+    let sighup = on_sighup(gw.reloads.tx.clone());
+    tokio::spawn(async move {
+        let Some(rx) = rx else { return };
+        let _watchers = watchers;
+        tokio::spawn(sighup);
+        if gw.config.reload.watch {
+            let catch_up = reload(&gw, &[]).await;
+            if catch_up.outcome != Outcome::Unchanged {
+                gw.reloads.record(Arc::new(catch_up));
+            }
+        }
+        serve_queue(&gw, rx).await;
+    })
+}
+
+async fn serve_queue(gw: &Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let settle = gw.config.reload.settle;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        loop {
+            // A file whose last event says it may still be written waits
+            // for quiet; finished writes only wait for their siblings.
+            let quiet = if unsettled(&batch) { settle } else { COALESCE };
+            match tokio::time::timeout(quiet, rx.recv()).await {
+                Ok(Some(job)) => batch.push(job),
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let attempt = Arc::new(reload(gw, &batch).await);
+        gw.reloads.record(attempt.clone());
+        for job in batch {
+            if let Some(done) = job.done {
+                let _ = done.send(attempt.clone());
+            }
+        }
+    }
+}
+
+/// True when some file's latest event leaves it possibly half written.
+fn unsettled(batch: &[Job]) -> bool {
+    let mut last: HashMap<&Path, bool> = HashMap::new();
+    for job in batch {
+        if let Some(p) = &job.path {
+            last.insert(p, job.settled);
+        }
+    }
+    last.values().any(|settled| !settled)
+}
+
+/// Rebuilds the snapshot off the request path and swaps it in.
+async fn reload(gw: &Arc<Gateway>, batch: &[Job]) -> Attempt {
+    let started = Instant::now();
+    let mut triggers: BTreeSet<Trigger> = batch.iter().map(|j| j.trigger).collect();
+    if triggers.is_empty() {
+        triggers.insert(Trigger::Start);
+    }
+    let files: BTreeSet<String> = batch
+        .iter()
+        .filter_map(|j| j.path.as_ref())
+        .map(|p| {
+            p.file_name()
+                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+        })
+        .collect();
+    let prev = gw.snapshot();
+    let handle = tokio::runtime::Handle::current();
+    let worker = gw.clone();
+    let built = tokio::task::spawn_blocking(move || rebuild(&worker.config, &worker.runtime, &prev, &handle)).await;
+    let built = built.unwrap_or_else(|e| Rebuilt {
+        errors: vec![format!("reload failed inside the gateway ({e}); nothing changed")],
+        ..Rebuilt::default()
+    });
+    let Rebuilt {
+        snapshot,
+        changes,
+        errors,
+        warnings,
+    } = built;
+    if let Some(snapshot) = snapshot {
+        gw.swap(snapshot);
+    }
+    let outcome = match (changes.is_empty(), errors.is_empty()) {
+        (false, true) => Outcome::Applied,
+        (false, false) => Outcome::Partial,
+        (true, false) => Outcome::Refused,
+        (true, true) => Outcome::Unchanged,
+    };
+    let duration = started.elapsed();
+    for change in &changes {
+        tracing::info!(target: "gatehouse::reload", "{change}");
+    }
+    for warning in &warnings {
+        tracing::warn!(target: "gatehouse::reload", "{warning}");
+    }
+    for error in &errors {
+        tracing::error!(target: "gatehouse::reload", "{error}");
+    }
+    tracing::info!(target: "gatehouse::reload", ?outcome, ms = duration.as_secs_f64() * 1e3, files = ?files, "reload");
+    Attempt {
+        at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        triggers: triggers.into_iter().collect(),
+        files: files.into_iter().collect(),
+        outcome,
+        duration_ms: (duration.as_secs_f64() * 1e6).round() / 1e3,
+        changes,
+        errors,
+        warnings,
+    }
+}
+
+/// Watches the plugins and routes folders. A folder that cannot be watched
+/// (it does not exist yet) is logged; explicit reloads still work.
+fn watch(gw: &Gateway) -> Vec<RecommendedWatcher> {
+    let dirs = [(&gw.config.server.plugins_dir, "wasm"), (&gw.config.server.routes_dir, "toml")];
+    let mut watchers = Vec::new();
+    for (dir, ext) in dirs {
+        let tx = gw.reloads.tx.clone();
+        let handler = move |event: notify::Result<notify::Event>| match event {
+            Ok(event) => {
+                let Some(settled) = settled(&event.kind) else { return };
+                for path in event.paths.into_iter().filter(|p| relevant(p, ext)) {
+                    let job = Job {
+                        trigger: Trigger::Watch,
+                        path: Some(path),
+                        settled,
+                        done: None,
+                    };
+                    let _ = tx.send(job);
+                }
+            }
+            Err(error) => tracing::warn!(target: "gatehouse::reload", %error, "file watcher error"),
+        };
+        let watcher = notify::recommended_watcher(handler).and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w));
+        match watcher {
+            Ok(w) => {
+                tracing::info!(target: "gatehouse::reload", dir = %dir.display(), "watching for changes");
+                watchers.push(w);
+            }
+            Err(error) => tracing::warn!(
+                target: "gatehouse::reload",
+                dir = %dir.display(),
+                %error,
+                "not watching this folder; reload with SIGHUP or POST /admin/reload"
+            ),
+        }
+    }
+    watchers
+}
+
+/// Whether an event means the file is complete (`Some(true)`), may still be
+/// written (`Some(false)`), or does not matter (`None`: opens and reads,
+/// ours included).
+fn settled(kind: &EventKind) -> Option<bool> {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(true),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => Some(true),
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => Some(false),
+    }
+}
+
+/// A top-level file with the folder's extension, not hidden (editors'
+/// temporary files start with a dot or end in `~`, `.swp`, `.tmp`).
+fn relevant(path: &Path, ext: &str) -> bool {
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+    !hidden && path.extension().is_some_and(|x| x == ext)
+}
+
+/// Registers for SIGHUP now (so a signal sent after start-up never kills the
+/// process) and returns the loop that turns each one into a reload.
+fn on_sighup(tx: mpsc::UnboundedSender<Job>) -> impl std::future::Future<Output = ()> {
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        let Ok(mut hup) = hup else {
+            tracing::warn!(target: "gatehouse::reload", "cannot listen for SIGHUP");
+            return;
+        };
+        sighup_loop(&mut hup, &tx).await;
+    }
+}
+
+async fn sighup_loop(hup: &mut tokio::signal::unix::Signal, tx: &mpsc::UnboundedSender<Job>) {
+    while hup.recv().await.is_some() {
+        let job = Job {
+            trigger: Trigger::Signal,
+            path: None,
+            settled: true,
+            done: None,
+        };
+        if tx.send(job).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_and_rename_are_settled_writes_are_not() {
+        use notify::event::{CreateKind, DataChange, RemoveKind, RenameMode};
+        assert_eq!(settled(&EventKind::Access(AccessKind::Close(AccessMode::Write))), Some(true));
+        assert_eq!(settled(&EventKind::Modify(ModifyKind::Name(RenameMode::To))), Some(true));
+        assert_eq!(settled(&EventKind::Remove(RemoveKind::File)), Some(true));
+        assert_eq!(settled(&EventKind::Create(CreateKind::File)), Some(false));
+        assert_eq!(settled(&EventKind::Modify(ModifyKind::Data(DataChange::Any))), Some(false));
+        assert_eq!(settled(&EventKind::Access(AccessKind::Open(AccessMode::Any))), None);
+        assert_eq!(settled(&EventKind::Access(AccessKind::Close(AccessMode::Read))), None);
+    }
+
+    #[test]
+    fn only_visible_files_with_the_folder_extension_count() {
+        assert!(relevant(Path::new("/p/hello.wasm"), "wasm"));
+        assert!(!relevant(Path::new("/p/.hello.wasm"), "wasm"));
+        assert!(!relevant(Path::new("/p/hello.wasm.tmp"), "wasm"));
+        assert!(!relevant(Path::new("/p/hello.wasm~"), "wasm"));
+        assert!(!relevant(Path::new("/r/user.toml.swp"), "toml"));
+        assert!(relevant(Path::new("/r/user.toml"), "toml"));
+    }
+
+    #[test]
+    fn a_batch_waits_while_any_file_may_be_half_written() {
+        let job = |p: &str, settled| Job {
+            trigger: Trigger::Watch,
+            path: Some(PathBuf::from(p)),
+            settled,
+            done: None,
+        };
+        assert!(unsettled(&[job("a.wasm", false)]));
+        assert!(!unsettled(&[job("a.wasm", false), job("a.wasm", true)]));
+        assert!(unsettled(&[job("a.wasm", true), job("b.wasm", false)]));
+        assert!(unsettled(&[job("a.wasm", true), job("a.wasm", false)]));
+    }
+}

@@ -1,0 +1,5 @@
+//! `green`: one of the two builds the hot-reload tests swap back and forth.
+
+const VERSION: &str = "green";
+
+include!("../../version.rs");

@@ -1,0 +1,412 @@
+//! Hot reload, black-box: the real binary, real files in its plugins/ and
+//! routes/ folders, real inotify events, requests over real sockets.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// How long a reload may take to show before a test gives up (a loaded CI
+/// machine compiles slowly; a healthy one takes milliseconds).
+const RELOAD_LIMIT: Duration = Duration::from_secs(20);
+
+const SWAP_ROUTE: &str = "service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n\n[[route]]\nprefix = \"/swap\"\nauth = \"public\"\nplugin = \"swap\"\n";
+
+/// A gateway whose only route, `/swap`, is handled by `plugins/swap.wasm`
+/// (first the `blue` build).
+fn start(demo: &Demo, tweak: impl FnOnce(&mut Setup)) -> Gateway {
+    let mut setup = Setup {
+        shipped_routes: false,
+        routes: vec![("swap.toml".into(), SWAP_ROUTE.into())],
+        plugins: vec![("swap.wasm".into(), plugin("blue"))],
+        ..Setup::default()
+    };
+    tweak(&mut setup);
+    Gateway::start(demo, setup)
+}
+
+fn plugins_dir(gw: &Gateway) -> PathBuf {
+    gw.dir.path().join("plugins")
+}
+
+fn routes_dir(gw: &Gateway) -> PathBuf {
+    gw.dir.path().join("routes")
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn bytes_of(name: &str) -> Vec<u8> {
+    std::fs::read(plugin(name)).unwrap()
+}
+
+/// The version that answers `/swap` now ("blue", "green"), or the status.
+fn version(gw: &Gateway) -> String {
+    let resp = gw.get("/swap", &[]);
+    match resp.header("x-plugin-version") {
+        Some(v) if resp.status == 200 => v.to_string(),
+        _ => format!("status {}", resp.status),
+    }
+}
+
+fn wait_version(gw: &Gateway, want: &str) {
+    let got = wait_for(RELOAD_LIMIT, || (version(gw) == want).then_some(()));
+    assert!(
+        got.is_some(),
+        "never served {want}; still {}; reloads: {:#}",
+        version(gw),
+        reloads(gw)
+    );
+}
+
+fn plugin_entry(gw: &Gateway, name: &str) -> Option<Value> {
+    let list = admin_get(gw.admin, "/admin/plugins").json();
+    list.as_array().unwrap().iter().find(|p| p["name"] == name).cloned()
+}
+
+fn reloads(gw: &Gateway) -> Value {
+    admin_get(gw.admin, "/admin/reloads").json()
+}
+
+/// Waits until `/admin/plugins` shows `name` in `state` for content `sha`.
+fn wait_entry(gw: &Gateway, name: &str, state: &str, sha: &str) -> Value {
+    let found = wait_for(RELOAD_LIMIT, || {
+        plugin_entry(gw, name).filter(|e| e["state"] == state && e["sha256"] == sha)
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} never became {state} with sha256 {sha}: {:?}; reloads: {:#}",
+            plugin_entry(gw, name),
+            reloads(gw)
+        )
+    })
+}
+
+/// Waits for a reload attempt (newest first) that satisfies `check`.
+fn wait_attempt(gw: &Gateway, check: impl Fn(&Value) -> bool) -> Value {
+    let found = wait_for(RELOAD_LIMIT, || reloads(gw).as_array().unwrap().iter().find(|a| check(a)).cloned());
+    found.unwrap_or_else(|| panic!("no such reload attempt: {:#}", reloads(gw)))
+}
+
+fn mentions(attempt: &Value, field: &str, text: &str) -> bool {
+    attempt[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e.as_str().unwrap().contains(text))
+}
+
+/// Puts `bytes` at `path` the way `cp` does (truncate, write in place).
+fn copy_in_place(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Puts `bytes` at `path` the way editors and deploy tools do (write a
+/// hidden temporary file, rename it over the target).
+fn write_and_rename(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+#[test]
+fn swapping_a_plugin_under_load_fails_no_request() {
+    let demo = Demo::start();
+    let gw = start(&demo, |_| {});
+    assert_eq!(version(&gw), "blue");
+    let (blue, green) = (bytes_of("blue"), bytes_of("green"));
+    let target = plugins_dir(&gw).join("swap.wasm");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, addr) = (stop.clone(), gw.addr);
+            std::thread::spawn(move || {
+                let mut conn = KeepAlive::new(addr);
+                let (mut seen, mut failures) = ([0u64; 2], Vec::new());
+                // Bounded: the main thread stops us long before this.
+                for _ in 0..2_000_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let outcome = conn.get("/swap", &[]).and_then(|r| {
+                        let doc: Value = serde_json::from_slice(&r.body).map_err(|e| format!("{} not JSON: {e}", r.status))?;
+                        let (header, body) = (r.header("x-plugin-version"), doc["version"].as_str());
+                        match (r.status, header, body) {
+                            (200, Some(h), Some(b)) if h == b && (b == "blue" || b == "green") => Ok(b == "green"),
+                            _ => Err(format!("status {} header {header:?} body {doc}", r.status)),
+                        }
+                    });
+                    match outcome {
+                        Ok(is_green) => seen[usize::from(is_green)] += 1,
+                        Err(e) if failures.len() < 20 => failures.push(e),
+                        Err(_) => {}
+                    }
+                }
+                (seen, failures)
+            })
+        })
+        .collect();
+
+    let mut loaded_at = Vec::new();
+    for i in 0..40 {
+        let (name, bytes) = if i % 2 == 0 { ("green", &green) } else { ("blue", &blue) };
+        if i % 4 < 2 {
+            copy_in_place(&target, bytes);
+        } else {
+            write_and_rename(&target, bytes);
+        }
+        wait_version(&gw, name);
+        // As soon as a version serves, the admin API says which.
+        let entry = plugin_entry(&gw, "swap").unwrap();
+        assert_eq!(entry["state"], "loaded", "{entry}");
+        assert_eq!(entry["sha256"], sha256(bytes), "{entry}");
+        loaded_at.push(entry["loaded_at"].as_str().unwrap().to_string());
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut blue_seen, mut green_seen, mut failures) = (0, 0, Vec::new());
+    for c in clients {
+        let (seen, f) = c.join().unwrap();
+        blue_seen += seen[0];
+        green_seen += seen[1];
+        failures.extend(f);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(blue_seen > 0 && green_seen > 0, "blue {blue_seen}, green {green_seen}");
+    // Each swap loaded a version anew (the loaded_at stamps all differ from their predecessor).
+    assert!(loaded_at.windows(2).all(|w| w[0] != w[1]), "{loaded_at:?}");
+    eprintln!("swapped 40 times under load: {blue_seen} blue + {green_seen} green responses, 0 failed");
+}
+
+#[test]
+fn bad_files_are_refused_while_the_old_version_serves() {
+    let demo = Demo::start();
+    let gw = start(&demo, |_| {});
+    let target = plugins_dir(&gw).join("swap.wasm");
+    let blue_sha = sha256(&bytes_of("blue"));
+    let green = bytes_of("green");
+
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("garbage", b"this is not a WebAssembly file\n".to_vec(), "not a WebAssembly file"),
+        ("truncated copy", green[..green.len() / 2].to_vec(), "not a valid component"),
+        ("wrong world", bytes_of("other-version"), "gatehouse:plugin@1.0.0"),
+    ];
+    for (what, bytes, reason) in cases {
+        copy_in_place(&target, &bytes);
+        let entry = wait_entry(&gw, "swap", "failed", &sha256(&bytes));
+        assert!(entry["error"].as_str().unwrap().contains(reason), "{what}: {entry}");
+        assert_eq!(
+            entry["serving"]["sha256"], blue_sha,
+            "{what}: the old version keeps serving: {entry}"
+        );
+        assert_eq!(version(&gw), "blue", "{what}");
+        let attempt = wait_attempt(&gw, |a| mentions(a, "errors", reason));
+        assert_eq!(attempt["outcome"], "refused", "{what}: {attempt}");
+        assert!(mentions(&attempt, "errors", "swap.wasm"), "{what}: {attempt}");
+        assert!(
+            gw.proc.logs().iter().any(|l| l.contains("plugin refused") && l.contains(reason)),
+            "{what}: the reason is logged"
+        );
+    }
+    // A good file after all that loads.
+    copy_in_place(&target, &green);
+    wait_entry(&gw, "swap", "loaded", &sha256(&green));
+    assert_eq!(version(&gw), "green");
+
+    // A route file that does not parse is refused as a whole, naming file
+    // and line; the routes that served keep serving.
+    let route_file = routes_dir(&gw).join("swap.toml");
+    let bad = with_demo_ports(SWAP_ROUTE, &demo).replace("auth = \"public\"\n", "") + "auth = \"sometimes\"\n";
+    write_and_rename(&route_file, bad.as_bytes());
+    let attempt = wait_attempt(&gw, |a| mentions(a, "errors", "routes refused"));
+    assert!(mentions(&attempt, "errors", "swap.toml:"), "{attempt}");
+    assert_eq!(version(&gw), "green");
+
+    // A route naming a plugin that is not loaded is refused too.
+    let good = with_demo_ports(SWAP_ROUTE, &demo) + "# fixed\n";
+    write_and_rename(&route_file, good.as_bytes());
+    wait_attempt(&gw, |a| a["outcome"] == "applied" && mentions(a, "changes", "routes reloaded"));
+    let extra = good.replace("/swap", "/extra").replace("\"swap\"", "\"nope\"");
+    write_and_rename(&routes_dir(&gw).join("extra.toml"), extra.as_bytes());
+    let attempt = wait_attempt(&gw, |a| mentions(a, "errors", "\"nope\""));
+    assert_eq!(attempt["outcome"], "refused", "{attempt}");
+    assert!(mentions(&attempt, "errors", "extra.toml:"), "{attempt}");
+    assert_eq!(gw.get("/extra", &[]).status, 404);
+    assert_eq!(version(&gw), "green");
+}
+
+#[test]
+fn a_half_written_file_loads_once_its_write_completes() {
+    let demo = Demo::start();
+    let gw = start(&demo, |_| {});
+    let green = bytes_of("green");
+    let half = green.len() / 2;
+    let mut file = std::fs::File::create(plugins_dir(&gw).join("swap.wasm")).unwrap();
+    file.write_all(&green[..half]).unwrap();
+    file.flush().unwrap();
+    // The writer stalls with the file open: once it has been quiet for the
+    // settle time the half file is read and refused; blue keeps serving.
+    let entry = wait_entry(&gw, "swap", "failed", &sha256(&green[..half]));
+    assert_eq!(entry["serving"]["sha256"], sha256(&bytes_of("blue")), "{entry}");
+    assert_eq!(version(&gw), "blue");
+    // The rest of the write (and the close) loads the complete file.
+    file.write_all(&green[half..]).unwrap();
+    drop(file);
+    wait_entry(&gw, "swap", "loaded", &sha256(&green));
+    assert_eq!(version(&gw), "green");
+}
+
+#[test]
+fn removing_and_re_adding_plugins() {
+    let demo = Demo::start();
+    let gw = start(&demo, |s| s.plugins.push(("spare.wasm".into(), plugin("green"))));
+    let dir = plugins_dir(&gw);
+    assert_eq!(plugin_entry(&gw, "spare").unwrap()["state"], "loaded");
+
+    // A plugin no route uses simply goes.
+    std::fs::remove_file(dir.join("spare.wasm")).unwrap();
+    assert!(wait_for(RELOAD_LIMIT, || plugin_entry(&gw, "spare").is_none().then_some(())).is_some());
+    assert!(mentions(&reloads(&gw)[0], "changes", "spare.wasm: removed"), "{:#}", reloads(&gw));
+
+    // One that a route uses keeps serving, and says so.
+    std::fs::remove_file(dir.join("swap.wasm")).unwrap();
+    let entry = wait_for(RELOAD_LIMIT, || plugin_entry(&gw, "swap").filter(|e| e["state"] == "removed")).expect("state removed");
+    assert!(entry["error"].as_str().unwrap().contains("routes still use"), "{entry}");
+    assert_eq!(version(&gw), "blue");
+    assert!(mentions(&reloads(&gw)[0], "errors", "removal refused"), "{:#}", reloads(&gw));
+
+    // Putting a file back loads it.
+    let green = bytes_of("green");
+    copy_in_place(&dir.join("swap.wasm"), &green);
+    wait_entry(&gw, "swap", "loaded", &sha256(&green));
+    assert_eq!(version(&gw), "green");
+
+    // Retiring it: first the route (the prefix goes native), then the file.
+    let native = with_demo_ports(SWAP_ROUTE, &demo).replace("plugin = \"swap\"\n", "");
+    write_and_rename(&routes_dir(&gw).join("swap.toml"), native.as_bytes());
+    let ok = wait_for(RELOAD_LIMIT, || {
+        let r = gw.get("/swap", &[]);
+        (r.status == 200 && r.header("x-plugin-version").is_none()).then_some(r)
+    })
+    .expect("the route went native");
+    assert_eq!(ok.json()["path"], "/swap", "the user-service echo answered");
+    std::fs::remove_file(dir.join("swap.wasm")).unwrap();
+    assert!(wait_for(RELOAD_LIMIT, || plugin_entry(&gw, "swap").is_none().then_some(())).is_some());
+}
+
+#[test]
+fn route_file_edits_change_routing_without_a_restart() {
+    let demo = Demo::start();
+    let gw = start(&demo, |_| {});
+    let echo = routes_dir(&gw).join("echo.toml");
+    let route = |prefix: &str| {
+        format!(
+            "service = \"knowledge-service\"\nupstream = \"http://127.0.0.1:{}\"\n\n[[route]]\nprefix = \"{prefix}\"\nauth = \"required\"\n",
+            demo.port("knowledge-service")
+        )
+    };
+    let tok = token("7", Some("pro"));
+    let status = |path: &str| gw.get_as(path, &tok).status;
+    assert_eq!(status("/echo/x"), 404);
+
+    // A new file (written in place, as `cp` does) adds its routes.
+    copy_in_place(&echo, route("/echo").as_bytes());
+    assert!(wait_for(RELOAD_LIMIT, || (status("/echo/x") == 200).then_some(())).is_some());
+    let resp = gw.get_as("/echo/x", &tok);
+    assert_eq!(
+        resp.upstream_header("x-user-id"),
+        ["7"],
+        "the new route carries the identity contract"
+    );
+
+    // An edit moves the prefix.
+    write_and_rename(&echo, route("/moved").as_bytes());
+    assert!(wait_for(RELOAD_LIMIT, || (status("/moved/x") == 200).then_some(())).is_some());
+    assert_eq!(status("/echo/x"), 404);
+    let routes = admin_get(gw.admin, "/admin/routes").json();
+    assert!(routes.as_array().unwrap().iter().any(|r| r["prefix"] == "/moved"), "{routes}");
+
+    // A duplicate prefix across files is refused; both files' routes stay as they were.
+    copy_in_place(&routes_dir(&gw).join("dup.toml"), route("/moved").as_bytes());
+    let attempt = wait_attempt(&gw, |a| mentions(a, "errors", "duplicate prefix"));
+    assert_eq!(attempt["outcome"], "refused", "{attempt}");
+    assert_eq!(status("/moved/x"), 200);
+    std::fs::remove_file(routes_dir(&gw).join("dup.toml")).unwrap();
+
+    // SIGHUP reloads too (here: nothing changed since the removal was seen).
+    let before = reloads(&gw).as_array().unwrap().len();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &gw.proc.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let attempt = wait_attempt(&gw, |a| a["triggers"].as_array().unwrap().iter().any(|t| t == "signal"));
+    assert!(reloads(&gw).as_array().unwrap().len() > before, "{attempt}");
+
+    // Removing the file removes its routes.
+    std::fs::remove_file(&echo).unwrap();
+    assert!(wait_for(RELOAD_LIMIT, || (status("/moved/x") == 404).then_some(())).is_some());
+    assert_eq!(version(&gw), "blue", "the plugin route was untouched throughout");
+}
+
+#[test]
+fn memory_stays_bounded_over_many_reloads() {
+    let demo = Demo::start();
+    // Explicit reloads only (POST /admin/reload answers when its reload is
+    // done), so every iteration is exactly one reload.
+    let gw = start(&demo, |s| s.reload = "watch = false".into());
+    let target = plugins_dir(&gw).join("swap.wasm");
+    let (blue, green) = (bytes_of("blue"), bytes_of("green"));
+    let pid = gw.proc.child.id();
+    let mut rss_after_10 = 0;
+    for i in 1..=200 {
+        let (name, bytes) = if i % 2 == 1 { ("green", &green) } else { ("blue", &blue) };
+        copy_in_place(&target, bytes);
+        let resp = admin_request(gw.admin, "POST", "/admin/reload");
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let attempt = resp.json();
+        assert_eq!(attempt["outcome"], "applied", "{attempt}");
+        assert_eq!(attempt["triggers"][0], "admin", "{attempt}");
+        for _ in 0..5 {
+            assert_eq!(version(&gw), name, "reload {i}");
+        }
+        if i == 10 {
+            rss_after_10 = vm_rss_kib(pid);
+        }
+    }
+    let rss_after_200 = vm_rss_kib(pid);
+    eprintln!("RSS after 10 reloads: {rss_after_10} KiB; after 200: {rss_after_200} KiB");
+    assert!(
+        rss_after_200 <= rss_after_10 + 24 * 1024,
+        "RSS grew from {rss_after_10} KiB to {rss_after_200} KiB over 190 reloads"
+    );
+    // The history is bounded too, and a reload with nothing new says so.
+    let history = reloads(&gw);
+    assert_eq!(history.as_array().unwrap().len(), 50, "{history:#}");
+    let resp = admin_request(gw.admin, "POST", "/admin/reload");
+    assert_eq!(resp.json()["outcome"], "unchanged", "{}", resp.text());
+    assert_eq!(admin_request(gw.admin, "GET", "/admin/reload").status, 405);
+}
