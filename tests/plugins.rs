@@ -239,6 +239,13 @@ fn fault_routes() -> String {
 }
 
 fn fault_gateway(demo: &Demo) -> Gateway {
+    fault_gateway_compiled_by(demo, "tiered")
+}
+
+/// The fault gateway with `plugins.compiler` set: at start, `tiered` and
+/// `cranelift` compile with Cranelift, `winch` with the baseline compiler
+/// that tiered mode uses for hot reloads.
+fn fault_gateway_compiled_by(demo: &Demo, compiler: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.wasm");
     std::fs::write(&garbage, b"this is not WebAssembly").unwrap();
@@ -260,7 +267,7 @@ fn fault_gateway(demo: &Demo) -> Gateway {
             shipped_routes: false,
             // Generous, so that a loaded test machine never turns a fault
             // into a timeout; the loop route sets its own short deadline.
-            plugin_limits: "deadline = \"5s\"\n".into(),
+            plugin_limits: format!("deadline = \"5s\"\ncompiler = \"{compiler}\"\n"),
             ..Setup::default()
         },
     )
@@ -275,7 +282,18 @@ fn admin_plugins(gw: &Gateway) -> Vec<Value> {
 #[test]
 fn each_plugin_fault_fails_only_its_request() {
     let demo = Demo::start();
-    let gw = fault_gateway(&demo);
+    faults_fail_only_their_request(&fault_gateway(&demo), "cranelift");
+}
+
+#[test]
+fn each_plugin_fault_fails_only_its_request_in_baseline_code() {
+    let demo = Demo::start();
+    faults_fail_only_their_request(&fault_gateway_compiled_by(&demo, "winch"), "winch");
+}
+
+fn faults_fail_only_their_request(gw: &Gateway, compiler: &str) {
+    let fault = admin_plugins(gw).into_iter().find(|p| p["name"] == "fault").unwrap();
+    assert_eq!(fault["compiler"], compiler, "{fault}");
     let tok = token("42", Some("pro"));
     let healthy = || {
         let resp = gw.get_as("/fault/echo", &tok);
@@ -300,7 +318,7 @@ fn each_plugin_fault_fails_only_its_request() {
             "{path}: {logged:?}"
         );
         healthy();
-        let fault = admin_plugins(&gw).into_iter().find(|p| p["name"] == "fault").unwrap();
+        let fault = admin_plugins(gw).into_iter().find(|p| p["name"] == "fault").unwrap();
         assert!(fault["failures"][counter].as_u64().unwrap() >= 1, "{path}: {fault}");
     }
     // The memory bomb is reported as such in the log.
@@ -475,9 +493,22 @@ fn an_exhausted_instance_pool_answers_503_not_a_crash() {
 fn a_spinning_plugin_does_not_hold_up_other_requests() {
     let demo = Demo::start();
     // One worker thread: if the spinning plugin never yielded, nothing else could run.
-    let gw = spinning_gateway(&demo, "1500ms", |s| s.workers = 1);
+    spinning_plugin_yields(&spinning_gateway(&demo, "1500ms", |s| s.workers = 1));
+}
+
+#[test]
+fn a_spinning_plugin_in_baseline_code_yields_too() {
+    let demo = Demo::start();
+    let gw = spinning_gateway(&demo, "1500ms", |s| {
+        s.workers = 1;
+        s.plugin_limits.push_str("compiler = \"winch\"\n");
+    });
+    spinning_plugin_yields(&gw);
+}
+
+fn spinning_plugin_yields(gw: &Gateway) {
     let tok = token("42", None);
-    let spinning = spin_in_background(&gw, &tok);
+    let spinning = spin_in_background(gw, &tok);
     std::thread::sleep(std::time::Duration::from_millis(150));
     for path in ["/echo", "/native", "/echo"] {
         assert_eq!(gw.get_as(path, &tok).status, 200, "{path}");

@@ -166,18 +166,22 @@ fn swapping_a_plugin_under_load_fails_no_request() {
         .collect();
 
     let mut loaded_at = Vec::new();
+    let seed = unique_seed();
     for i in 0..40 {
-        let (name, bytes) = if i % 2 == 0 { ("green", &green) } else { ("blue", &blue) };
+        let (name, build) = if i % 2 == 0 { ("green", &green) } else { ("blue", &blue) };
+        // Every third swap is a build never seen before: it compiles, serves
+        // baseline code, then its optimized code is swapped in as well.
+        let bytes = if i % 3 == 0 { with_nonce(build, seed + i) } else { build.clone() };
         if i % 4 < 2 {
-            copy_in_place(&target, bytes);
+            copy_in_place(&target, &bytes);
         } else {
-            write_and_rename(&target, bytes);
+            write_and_rename(&target, &bytes);
         }
         wait_version(&gw, name);
         // As soon as a version serves, the admin API says which.
         let entry = plugin_entry(&gw, "swap").unwrap();
         assert_eq!(entry["state"], "loaded", "{entry}");
-        assert_eq!(entry["sha256"], sha256(bytes), "{entry}");
+        assert_eq!(entry["sha256"], sha256(&bytes), "{entry}");
         loaded_at.push(entry["loaded_at"].as_str().unwrap().to_string());
     }
     stop.store(true, Ordering::Relaxed);
@@ -199,6 +203,38 @@ fn swapping_a_plugin_under_load_fails_no_request() {
     // Each swap loaded a version anew (the loaded_at stamps all differ from their predecessor).
     assert!(loaded_at.windows(2).all(|w| w[0] != w[1]), "{loaded_at:?}");
     eprintln!("swapped 40 times under load: {blue_seen} blue + {green_seen} green responses, 0 failed");
+}
+
+#[test]
+fn a_new_build_serves_baseline_code_at_once_then_optimized_code() {
+    let demo = Demo::start();
+    let gw = start(&demo, |_| {});
+    let bytes = with_nonce(&bytes_of("green"), unique_seed());
+    let sha = sha256(&bytes);
+    copy_in_place(&plugins_dir(&gw).join("swap.wasm"), &bytes);
+    wait_version(&gw, "green");
+    let first = plugin_entry(&gw, "swap").unwrap();
+    assert_eq!(first["sha256"], sha, "{first}");
+    // It was loaded with the baseline compiler (content never compiled before)...
+    let loaded = gw
+        .proc
+        .logs()
+        .into_iter()
+        .any(|l| l.contains("plugin loaded") && l.contains(&sha) && l.contains("\"compiler\":\"winch\""));
+    assert!(loaded, "no baseline load logged for {sha}");
+    // ...and the optimized build replaces it, same content, same counters.
+    for _ in 0..3 {
+        assert_eq!(version(&gw), "green");
+    }
+    let optimized = wait_for(RELOAD_LIMIT, || {
+        plugin_entry(&gw, "swap").filter(|e| e["compiler"] == "cranelift" && e["optimizing"] == false)
+    })
+    .unwrap_or_else(|| panic!("never optimized: {:?}", plugin_entry(&gw, "swap")));
+    assert_eq!(optimized["sha256"], sha, "{optimized}");
+    assert_eq!(optimized["loaded_at"], first["loaded_at"], "{optimized}");
+    assert!(optimized["calls"].as_u64().unwrap() >= 4, "counters carry over: {optimized}");
+    assert_eq!(version(&gw), "green");
+    assert!(gw.proc.logs().iter().any(|l| l.contains("optimized code now serves")));
 }
 
 #[test]

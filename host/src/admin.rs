@@ -79,6 +79,8 @@ fn plugins(gw: &Gateway) -> Value {
                 json!({
                     "sha256": p.sha256,
                     "loaded_at": rfc3339(p.loaded_at),
+                    "compiler": p.compiler,
+                    "optimizing": p.pending_optimization.is_some(),
                     "calls": n(&s.calls),
                     "failures": {
                         "trap": n(&s.traps),

@@ -5,6 +5,11 @@
 //! task (compiling only what changed), swaps it in whole and records the
 //! attempt for `GET /admin/reloads`.
 //!
+//! In `tiered` mode a changed plugin first gets baseline (Winch) code, so it
+//! serves within milliseconds; its optimized (Cranelift) build is made in
+//! the background and swapped in the same way when ready, if that content
+//! still serves.
+//!
 //! Copies are not atomic, so when to read a file matters. A file closed
 //! after writing, renamed into place or removed is read at once; a file that
 //! is still open for writing is read once it has been quiet for
@@ -25,6 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::gateway::Gateway;
 use crate::snapshot::{Rebuilt, rebuild};
+use crate::wasm::LoadedPlugin;
+use crate::wasm::load::optimize;
 
 /// Attempts kept for `GET /admin/reloads`.
 const HISTORY: usize = 50;
@@ -82,8 +89,15 @@ pub struct ReloadCounts {
     pub unchanged: AtomicU64,
 }
 
+/// What the reload task is asked to do.
+enum Job {
+    Reload(Ask),
+    /// The optimized build of a plugin that serves baseline code.
+    Optimized(Box<LoadedPlugin>, Duration),
+}
+
 /// A request for a reload.
-struct Job {
+struct Ask {
     trigger: Trigger,
     /// The file an event was about.
     path: Option<PathBuf>,
@@ -121,13 +135,13 @@ impl Reloads {
     /// when no reload task runs.
     pub async fn request(&self, trigger: Trigger) -> Option<Arc<Attempt>> {
         let (done, wait) = oneshot::channel();
-        let job = Job {
+        let job = Ask {
             trigger,
             path: None,
             settled: true,
             done: Some(done),
         };
-        self.tx.send(job).ok()?;
+        self.tx.send(Job::Reload(job)).ok()?;
         wait.await.ok()
     }
 
@@ -183,13 +197,20 @@ pub fn spawn(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
 async fn serve_queue(gw: &Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<Job>) {
     let settle = gw.config.reload.settle;
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+        let mut batch = match first {
+            Job::Reload(ask) => vec![ask],
+            Job::Optimized(plugin, took) => {
+                install_optimized(gw, *plugin, took);
+                continue;
+            }
+        };
         loop {
             // A file whose last event says it may still be written waits
             // for quiet; finished writes only wait for their siblings.
             let quiet = if unsettled(&batch) { settle } else { COALESCE };
             match tokio::time::timeout(quiet, rx.recv()).await {
-                Ok(Some(job)) => batch.push(job),
+                Ok(Some(Job::Reload(ask))) => batch.push(ask),
+                Ok(Some(Job::Optimized(plugin, took))) => install_optimized(gw, *plugin, took),
                 Ok(None) => return,
                 Err(_) => break,
             }
@@ -204,8 +225,47 @@ async fn serve_queue(gw: &Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
+/// Builds the optimized code of a plugin that serves baseline code, in a
+/// blocking task; the reload task swaps it in when it is ready.
+fn optimize_later(gw: &Arc<Gateway>, plugin: Arc<LoadedPlugin>) {
+    let worker = gw.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        match optimize(&worker.runtime, &plugin) {
+            Ok(better) => {
+                let _ = worker.reloads.tx.send(Job::Optimized(Box::new(better), started.elapsed()));
+            }
+            Err(e) => tracing::error!(
+                target: "gatehouse::reload",
+                plugin = %plugin.name,
+                "optimizing failed; the baseline code keeps serving: {e}"
+            ),
+        }
+    });
+}
+
+/// Swaps the optimized build in, if the baseline build it replaces still serves.
+fn install_optimized(gw: &Gateway, plugin: LoadedPlugin, took: Duration) {
+    let current = gw.snapshot();
+    let Some(entry) = current.plugins.files.get(&*plugin.name) else {
+        return;
+    };
+    let Some(serving) = &entry.serving else { return };
+    if serving.sha256 != plugin.sha256 || serving.pending_optimization.is_none() {
+        return; // replaced by newer content meanwhile
+    }
+    let mut plugins = (*current.plugins).clone();
+    let name = plugin.name.to_string();
+    let compiler = plugin.compiler;
+    if let Some(e) = plugins.files.get_mut(&name) {
+        e.serving = Some(Arc::new(plugin));
+    }
+    gw.swap(current.with_plugins(plugins));
+    tracing::info!(target: "gatehouse::reload", plugin = %name, compiler, ms = took.as_secs_f64() * 1e3, "optimized code now serves");
+}
+
 /// True when some file's latest event leaves it possibly half written.
-fn unsettled(batch: &[Job]) -> bool {
+fn unsettled(batch: &[Ask]) -> bool {
     let mut last: HashMap<&Path, bool> = HashMap::new();
     for job in batch {
         if let Some(p) = &job.path {
@@ -216,7 +276,7 @@ fn unsettled(batch: &[Job]) -> bool {
 }
 
 /// Rebuilds the snapshot off the request path and swaps it in.
-async fn reload(gw: &Arc<Gateway>, batch: &[Job]) -> Attempt {
+async fn reload(gw: &Arc<Gateway>, batch: &[Ask]) -> Attempt {
     let started = Instant::now();
     let mut triggers: BTreeSet<Trigger> = batch.iter().map(|j| j.trigger).collect();
     if triggers.is_empty() {
@@ -243,9 +303,13 @@ async fn reload(gw: &Arc<Gateway>, batch: &[Job]) -> Attempt {
         changes,
         errors,
         warnings,
+        to_optimize,
     } = built;
     if let Some(snapshot) = snapshot {
         gw.swap(snapshot);
+    }
+    for plugin in to_optimize {
+        optimize_later(gw, plugin);
     }
     let outcome = match (changes.is_empty(), errors.is_empty()) {
         (false, true) => Outcome::Applied,
@@ -287,13 +351,13 @@ fn watch(gw: &Gateway) -> Vec<RecommendedWatcher> {
             Ok(event) => {
                 let Some(settled) = settled(&event.kind) else { return };
                 for path in event.paths.into_iter().filter(|p| relevant(p, ext)) {
-                    let job = Job {
+                    let job = Ask {
                         trigger: Trigger::Watch,
                         path: Some(path),
                         settled,
                         done: None,
                     };
-                    let _ = tx.send(job);
+                    let _ = tx.send(Job::Reload(job));
                 }
             }
             Err(error) => tracing::warn!(target: "gatehouse::reload", %error, "file watcher error"),
@@ -349,13 +413,13 @@ fn on_sighup(tx: mpsc::UnboundedSender<Job>) -> impl std::future::Future<Output 
 
 async fn sighup_loop(hup: &mut tokio::signal::unix::Signal, tx: &mpsc::UnboundedSender<Job>) {
     while hup.recv().await.is_some() {
-        let job = Job {
+        let job = Ask {
             trigger: Trigger::Signal,
             path: None,
             settled: true,
             done: None,
         };
-        if tx.send(job).is_err() {
+        if tx.send(Job::Reload(job)).is_err() {
             return;
         }
     }
@@ -389,7 +453,7 @@ mod tests {
 
     #[test]
     fn a_batch_waits_while_any_file_may_be_half_written() {
-        let job = |p: &str, settled| Job {
+        let job = |p: &str, settled| Ask {
             trigger: Trigger::Watch,
             path: Some(PathBuf::from(p)),
             settled,

@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use crate::config::{AuthMode, Config, ConfigError, Upstream, load_routes};
 use crate::router::Router;
 use crate::wasm::load::{Change, load_dir};
-use crate::wasm::{PluginSet, Runtime};
+use crate::wasm::{LoadedPlugin, PluginSet, Runtime};
 
 /// Everything request handling reads that a reload may replace.
 #[derive(Default)]
@@ -28,6 +28,19 @@ pub struct Snapshot {
     /// Route files that were refused (their hashes) and why: not retried
     /// until one of them changes again.
     routes_refused: Option<Arc<(BTreeMap<PathBuf, String>, String)>>,
+}
+
+impl Snapshot {
+    /// This snapshot with another plugin set (routes unchanged).
+    pub fn with_plugins(&self, plugins: PluginSet) -> Snapshot {
+        Snapshot {
+            router: self.router.clone(),
+            services: self.services.clone(),
+            plugins: Arc::new(plugins),
+            route_files: self.route_files.clone(),
+            routes_refused: self.routes_refused.clone(),
+        }
+    }
 }
 
 /// What loading found that does not stop the gateway from serving.
@@ -54,7 +67,14 @@ struct RouteTable {
 /// plugin's trial instantiation.
 pub fn load_snapshot(config: &Config, runtime: &Runtime, handle: &Handle) -> Result<(Snapshot, Report), ConfigError> {
     let table = load_route_table(config, runtime)?;
-    let (plugins, _) = load_dir(runtime, &config.server.plugins_dir, &PluginSet::default(), &|_| false, handle);
+    let (plugins, _) = load_dir(
+        runtime,
+        &config.server.plugins_dir,
+        &PluginSet::default(),
+        &|_| false,
+        handle,
+        false,
+    );
     let mut report = Report {
         problems: Vec::new(),
         warnings: table.warnings,
@@ -87,6 +107,8 @@ pub struct Rebuilt {
     pub errors: Vec<String>,
     /// Not fatal, worth a line in the log.
     pub warnings: Vec<String>,
+    /// Newly loaded plugins serving baseline code, to optimize next.
+    pub to_optimize: Vec<Arc<LoadedPlugin>>,
 }
 
 /// Builds the next snapshot from the files on disk, starting from `prev`:
@@ -113,7 +135,7 @@ pub fn rebuild(config: &Config, runtime: &Runtime, prev: &Snapshot, handle: &Han
     }
 
     let in_use = |name: &str| uses(&prev.router, name) || candidate.as_ref().is_some_and(|t: &RouteTable| uses(&t.router, name));
-    let (mut plugins, plugin_changes) = load_dir(runtime, &config.server.plugins_dir, &prev.plugins, &in_use, handle);
+    let (mut plugins, plugin_changes) = load_dir(runtime, &config.server.plugins_dir, &prev.plugins, &in_use, handle, true);
 
     // New routes must not point at a plugin that cannot serve, unless that
     // very route already did (it answers 503, as it did at start).
@@ -165,6 +187,19 @@ pub fn rebuild(config: &Config, runtime: &Runtime, prev: &Snapshot, handle: &Han
     });
     changed |= plugins.files.len() != before;
 
+    out.to_optimize = plugins
+        .files
+        .values()
+        .filter_map(|e| e.serving.clone())
+        .filter(|p| {
+            p.pending_optimization.is_some()
+                && !prev
+                    .plugins
+                    .files
+                    .values()
+                    .any(|e| e.serving.as_ref().is_some_and(|q| Arc::ptr_eq(p, q)))
+        })
+        .collect();
     if changed {
         out.snapshot = Some(Snapshot {
             router,

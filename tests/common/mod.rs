@@ -576,3 +576,23 @@ impl KeepAlive {
         }
     }
 }
+
+/// `component` with a custom section `gatehouse-test` holding `n` appended:
+/// the same plugin with a content hash never seen before (so it compiles).
+pub fn with_nonce(component: &[u8], n: u64) -> Vec<u8> {
+    let name = b"gatehouse-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(&n.to_le_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    out.push(payload.len() as u8); // its size: one LEB128 byte, < 128
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// A number unlikely to repeat across runs (for `with_nonce`).
+pub fn unique_seed() -> u64 {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    t.as_nanos() as u64 ^ u64::from(std::process::id()) << 48
+}

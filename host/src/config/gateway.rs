@@ -50,6 +50,7 @@ struct RawPlugins {
     max_body: Bytes,
     max_instances: u32,
     cache_dir: PathBuf,
+    compiler: Compiler,
 }
 
 impl Default for RawPlugins {
@@ -60,6 +61,7 @@ impl Default for RawPlugins {
             max_body: Bytes(1 << 20),
             max_instances: 512,
             cache_dir: ".gatehouse-cache".into(),
+            compiler: Compiler::Tiered,
         }
     }
 }
@@ -201,6 +203,20 @@ pub struct PluginsConfig {
     pub max_instances: u32,
     /// Compiled code, keyed by content hash.
     pub cache_dir: PathBuf,
+    pub compiler: Compiler,
+}
+
+/// How plugins are compiled to machine code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compiler {
+    /// Optimized code (Cranelift) always; a reloaded plugin serves once it is compiled.
+    Cranelift,
+    /// Baseline code (Winch) always: compiles several times faster, runs slower.
+    Winch,
+    /// Start-up and cached plugins get Cranelift; a plugin changed by a
+    /// reload serves Winch code at once and Cranelift's when it is ready.
+    Tiered,
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +378,7 @@ impl Config {
             max_body: p.max_body.0,
             max_instances: p.max_instances.clamp(1, 100_000),
             cache_dir: base.join(&p.cache_dir),
+            compiler: p.compiler,
         };
         let reload = ReloadConfig {
             watch: raw.reload.watch,

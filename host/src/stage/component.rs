@@ -100,13 +100,11 @@ pub async fn run(ctx: &mut RequestCtx, gw: &Gateway, snapshot: &Snapshot, req: R
     let state = PluginState::new(plugin.name.clone(), info.request_id.clone(), rp.clone(), outbound, memory);
     let deadline = rp.deadline.unwrap_or(limits.deadline);
 
-    let action = call(&gw.runtime, &plugin, state, deadline, caller, info, request)
-        .await
-        .map_err(|e| match e {
-            CallError::Busy => GatewayError::PluginUnavailable(format!("plugin {}: {e}", plugin.name)),
-            CallError::Deadline(_) => GatewayError::PluginTimeout(format!("plugin {}: {e}", plugin.name)),
-            CallError::Memory(_) | CallError::Trap(_) => GatewayError::PluginFailed(format!("plugin {}: {e}", plugin.name)),
-        })?;
+    let action = call(&plugin, state, deadline, caller, info, request).await.map_err(|e| match e {
+        CallError::Busy => GatewayError::PluginUnavailable(format!("plugin {}: {e}", plugin.name)),
+        CallError::Deadline(_) => GatewayError::PluginTimeout(format!("plugin {}: {e}", plugin.name)),
+        CallError::Memory(_) | CallError::Trap(_) => GatewayError::PluginFailed(format!("plugin {}: {e}", plugin.name)),
+    })?;
     let bad_result = |what: &str, why: String| {
         PluginStats::bump(&plugin.stats.bad_results);
         GatewayError::PluginFailed(format!("plugin {}: invalid {what}: {why}", plugin.name))

@@ -31,7 +31,6 @@ pub enum CallError {
 
 /// Runs `handle` on a fresh instance of `plugin`.
 pub async fn call(
-    rt: &Runtime,
     plugin: &Arc<LoadedPlugin>,
     state: PluginState,
     deadline: Duration,
@@ -41,7 +40,7 @@ pub async fn call(
 ) -> Result<Action, CallError> {
     PluginStats::bump(&plugin.stats.calls);
     let memory = state.limiter_memory();
-    let mut store = Store::new(&rt.engine, state);
+    let mut store = Store::new(plugin.pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
     // Every epoch tick a running plugin yields to the executor, so a
     // CPU-bound plugin never holds up other requests on its worker thread;
@@ -91,7 +90,7 @@ pub async fn call(
 /// allowed is refused at load time instead of failing every request.
 pub async fn probe(rt: &Runtime, pre: &RouteHandlerPre<PluginState>, name: &str) -> Result<(), String> {
     let state = PluginState::probe(name.into(), rt.limits.memory as usize);
-    let mut store = Store::new(&rt.engine, state);
+    let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(Runtime::ticks(rt.limits.deadline));
     store.epoch_deadline_trap();

@@ -1,33 +1,40 @@
-//! The one `Engine` and `Linker` of the process: async host calls, the
+//! The `Engine`s and `Linker`s of the process: async host calls, the
 //! pooling allocator (fresh instances cost microseconds) and epoch
-//! interruption driven by a ticker thread that stops when the runtime drops.
+//! interruption driven by a ticker thread that stops when the engine drops.
+//!
+//! The main engine compiles with Cranelift (optimized code). In `tiered`
+//! mode (the default) a second, baseline engine is made on first use: it
+//! compiles with Winch, several times faster, so a plugin changed by a hot
+//! reload serves within milliseconds; its Cranelift build then replaces it
+//! in the background.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::sync::OnceLock;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
 
 use super::bindings::RouteHandler;
 use super::host::PluginState;
-use crate::config::PluginsConfig;
+use crate::config::{Compiler, PluginsConfig};
 
 /// How often the epoch advances: the granularity of plugin deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Engine, linker and the limits every instance runs under.
-pub struct Runtime {
+/// One compiler's engine, with its linker and epoch ticker.
+pub struct Tier {
     pub engine: Engine,
     pub linker: Linker<PluginState>,
-    pub limits: PluginsConfig,
     _ticker: EpochTicker,
 }
 
-impl Runtime {
-    pub fn new(limits: &PluginsConfig) -> Result<Runtime, String> {
-        let engine = Engine::new(&engine_config(limits)).map_err(|e| format!("starting the WebAssembly engine: {e:#}"))?;
+impl Tier {
+    fn new(limits: &PluginsConfig, strategy: Strategy) -> Result<Tier, String> {
+        let engine = Engine::new(&engine_config(limits, strategy)).map_err(|e| format!("starting the WebAssembly engine: {e:#}"))?;
         let mut linker = Linker::new(&engine);
         // WASI p2 for what a Rust `std` component needs. The per-request
         // `WasiCtx` grants nothing: no preopens, no env, no sockets.
@@ -35,12 +42,63 @@ impl Runtime {
         RouteHandler::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| format!("linking the gatehouse:plugin imports: {e:#}"))?;
         let ticker = EpochTicker::start(engine.clone());
+        Ok(Tier {
+            engine,
+            linker,
+            _ticker: ticker,
+        })
+    }
+}
+
+/// The engines and the limits every instance runs under.
+pub struct Runtime {
+    /// The main engine: Cranelift, or Winch when `plugins.compiler = "winch"`.
+    pub engine: Engine,
+    pub linker: Linker<PluginState>,
+    pub limits: PluginsConfig,
+    _ticker: EpochTicker,
+    /// The Winch engine of `tiered` mode, made on first use.
+    baseline: OnceLock<Result<Tier, String>>,
+}
+
+impl Runtime {
+    pub fn new(limits: &PluginsConfig) -> Result<Runtime, String> {
+        let strategy = match limits.compiler {
+            Compiler::Winch => Strategy::Winch,
+            Compiler::Cranelift | Compiler::Tiered => Strategy::Cranelift,
+        };
+        let Tier { engine, linker, _ticker } = Tier::new(limits, strategy)?;
         Ok(Runtime {
             engine,
             linker,
             limits: limits.clone(),
-            _ticker: ticker,
+            _ticker,
+            baseline: OnceLock::new(),
         })
+    }
+
+    /// The baseline (Winch) engine, in `tiered` mode; `None` otherwise or
+    /// if it cannot start (then everything compiles with the main engine).
+    pub fn baseline(&self) -> Option<&Tier> {
+        if self.limits.compiler != Compiler::Tiered {
+            return None;
+        }
+        let tier = self.baseline.get_or_init(|| Tier::new(&self.limits, Strategy::Winch));
+        match tier {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("baseline compiler unavailable, reloads compile with Cranelift: {e}");
+                None
+            }
+        }
+    }
+
+    /// The main engine's compiler.
+    pub fn compiler(&self) -> &'static str {
+        match self.limits.compiler {
+            Compiler::Winch => "winch",
+            Compiler::Cranelift | Compiler::Tiered => "cranelift",
+        }
     }
 
     /// Epoch ticks that cover `deadline` (at least one).
@@ -49,7 +107,7 @@ impl Runtime {
     }
 }
 
-fn engine_config(limits: &PluginsConfig) -> Config {
+fn engine_config(limits: &PluginsConfig, strategy: Strategy) -> Config {
     let instances = limits.max_instances;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(instances)
@@ -69,6 +127,7 @@ fn engine_config(limits: &PluginsConfig) -> Config {
         .pagemap_scan(Enabled::Auto);
     let mut config = Config::new();
     config
+        .strategy(strategy)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .epoch_interruption(true)
         .memory_init_cow(true);

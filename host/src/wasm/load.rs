@@ -40,9 +40,15 @@ impl PluginStats {
 pub struct LoadedPlugin {
     pub name: Arc<str>,
     pub sha256: String,
+    /// When this content first served (an optimized rebuild keeps it).
     pub loaded_at: SystemTime,
     pub pre: RouteHandlerPre<PluginState>,
-    pub stats: PluginStats,
+    /// Shared with the optimized rebuild of a baseline version.
+    pub stats: Arc<PluginStats>,
+    /// The compiler of `pre`'s machine code: "cranelift" or "winch".
+    pub compiler: &'static str,
+    /// Baseline code waiting for its optimized build: the component bytes.
+    pub pending_optimization: Option<Arc<[u8]>>,
 }
 
 /// Why a file's content was refused.
@@ -136,20 +142,23 @@ fn wasm_files(dir: &Path) -> Vec<(String, PathBuf)> {
 /// Loads every `*.wasm` in `dir`, reusing what `previous` already has for
 /// unchanged content (same hash: no compile, same instance, same counters).
 /// New content that fails leaves the previous version serving. A file that
-/// disappeared stays loaded while `in_use(name)` is true. Blocking: call it
-/// off the request path; `handle` runs the trial instantiation.
+/// disappeared stays loaded while `in_use(name)` is true. With `fast`
+/// (a reload), content not in the compile cache gets baseline code first
+/// when the runtime is tiered. Blocking: call it off the request path;
+/// `handle` runs the trial instantiation.
 pub fn load_dir(
     rt: &Runtime,
     dir: &Path,
     previous: &PluginSet,
     in_use: &dyn Fn(&str) -> bool,
     handle: &Handle,
+    fast: bool,
 ) -> (PluginSet, Vec<Change>) {
     let mut set = PluginSet::default();
     let mut changes = Vec::new();
     for (name, path) in wasm_files(dir) {
         let prev = previous.files.get(&name).cloned().unwrap_or_default();
-        let (entry, change) = load_entry(rt, &path, &name, prev, handle);
+        let (entry, change) = load_entry(rt, &path, &name, prev, handle, fast);
         changes.extend(change);
         set.files.insert(name, entry);
     }
@@ -180,7 +189,7 @@ pub fn load_dir(
 }
 
 /// Brings one name up to date with its file.
-fn load_entry(rt: &Runtime, path: &Path, name: &str, prev: PluginEntry, handle: &Handle) -> (PluginEntry, Option<Change>) {
+fn load_entry(rt: &Runtime, path: &Path, name: &str, prev: PluginEntry, handle: &Handle, fast: bool) -> (PluginEntry, Option<Change>) {
     let bytes = std::fs::read(path).map_err(|e| (None, format!("cannot read {}: {e}", path.display())));
     let sha256 = bytes.as_ref().ok().map(|b| hex(&Sha256::digest(b)));
     if let (Some(p), Some(sha)) = (&prev.serving, &sha256)
@@ -201,10 +210,10 @@ fn load_entry(rt: &Runtime, path: &Path, name: &str, prev: PluginEntry, handle: 
         // The same bytes were refused before: nothing new to say.
         return (prev, None);
     }
-    let loaded = bytes.and_then(|b| load_bytes(rt, &b, name, handle));
+    let loaded = bytes.and_then(|b| load_bytes(rt, &b, name, handle, fast));
     match loaded {
         Ok(p) => {
-            tracing::info!(plugin = %name, sha256 = %p.sha256, "plugin loaded");
+            tracing::info!(plugin = %name, sha256 = %p.sha256, compiler = p.compiler, "plugin loaded");
             let change = Change::Loaded {
                 name: name.to_string(),
                 sha256: p.sha256.clone(),
@@ -247,43 +256,95 @@ fn load_entry(rt: &Runtime, path: &Path, name: &str, prev: PluginEntry, handle: 
 /// instantiation). On failure: its hash (if it could be read) and why.
 pub fn load_file(rt: &Runtime, path: &Path, name: &str, handle: &Handle) -> Result<LoadedPlugin, (Option<String>, String)> {
     let bytes = std::fs::read(path).map_err(|e| (None, format!("cannot read {}: {e}", path.display())))?;
-    load_bytes(rt, &bytes, name, handle)
+    load_bytes(rt, &bytes, name, handle, false)
 }
 
 /// Hashes, compiles (or reuses the cache), checks the contract, pre-links and
 /// instantiates once: a component that would fail on every request is refused
-/// here instead.
-fn load_bytes(rt: &Runtime, bytes: &[u8], name: &str, handle: &Handle) -> Result<LoadedPlugin, (Option<String>, String)> {
+/// here instead. With `fast` and a tiered runtime, content not in the cache
+/// is compiled by the baseline compiler and marked for optimization.
+fn load_bytes(rt: &Runtime, bytes: &[u8], name: &str, handle: &Handle, fast: bool) -> Result<LoadedPlugin, (Option<String>, String)> {
     let sha256 = hex(&Sha256::digest(bytes));
     let fail = |msg: String| (Some(sha256.clone()), msg);
     if !bytes.starts_with(b"\0asm") {
         return Err(fail("not a WebAssembly file".into()));
     }
-    let component = compile(rt, bytes, &sha256).map_err(fail)?;
-    check_contract(rt, &component).map_err(fail)?;
-    let pre = rt
-        .linker
-        .instantiate_pre(&component)
-        .map_err(|e| fail(format!("it needs an import this gateway does not provide: {e:#}")))?;
-    let pre = RouteHandlerPre::new(pre).map_err(|e| fail(format!("its exports do not match the route-handler world: {e:#}")))?;
+    if !is_component(bytes) {
+        return Err(fail(
+            "this is a core WebAssembly module, not a component: build with --target wasm32-wasip2 or cargo component".into(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let baseline = rt.baseline().filter(|_| fast && !cache_path(rt, &sha256).is_file());
+    let compiled = match baseline {
+        Some(tier) => match Component::new(&tier.engine, bytes) {
+            Ok(c) => Some((c, &tier.linker, "winch")),
+            Err(e) => {
+                // Something Winch does not support: fall back to Cranelift.
+                tracing::debug!(plugin = %name, "baseline compile failed, using the optimizing compiler: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
+    let (component, linker, compiler) = match compiled {
+        Some(c) => c,
+        None => (compile(rt, bytes, &sha256).map_err(fail)?, &rt.linker, rt.compiler()),
+    };
+    let compiled_in = started.elapsed();
+    let pre = prepare(&component, linker).map_err(fail)?;
     handle
         .block_on(super::call::probe(rt, &pre, name))
         .map_err(|e| fail(format!("it fails to instantiate: {e}")))?;
+    tracing::debug!(plugin = %name, compiler, ?compiled_in, total = ?started.elapsed(), "plugin compiled");
     Ok(LoadedPlugin {
         name: name.into(),
         sha256,
         loaded_at: SystemTime::now(),
         pre,
-        stats: PluginStats::default(),
+        stats: Arc::default(),
+        compiler,
+        pending_optimization: (compiler == "winch" && rt.compiler() != "winch").then(|| Arc::from(bytes)),
     })
 }
 
-/// Compiles `bytes`, or loads the machine code cached for the same content
-/// and engine settings.
-fn compile(rt: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, String> {
+/// Checks the contract and pre-links a compiled component.
+fn prepare(component: &Component, linker: &wasmtime::component::Linker<PluginState>) -> Result<RouteHandlerPre<PluginState>, String> {
+    check_contract(component)?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| format!("it needs an import this gateway does not provide: {e:#}"))?;
+    RouteHandlerPre::new(pre).map_err(|e| format!("its exports do not match the route-handler world: {e:#}"))
+}
+
+/// The optimized build of a baseline `plugin` (blocking): same content,
+/// same counters and `loaded_at`, Cranelift code. It also fills the compile
+/// cache, so a restart gets it directly.
+pub fn optimize(rt: &Runtime, plugin: &LoadedPlugin) -> Result<LoadedPlugin, String> {
+    let bytes = plugin.pending_optimization.as_ref().ok_or("already optimized")?;
+    let component = compile(rt, bytes, &plugin.sha256)?;
+    let pre = prepare(&component, &rt.linker)?;
+    Ok(LoadedPlugin {
+        name: plugin.name.clone(),
+        sha256: plugin.sha256.clone(),
+        loaded_at: plugin.loaded_at,
+        pre,
+        stats: plugin.stats.clone(),
+        compiler: rt.compiler(),
+        pending_optimization: None,
+    })
+}
+
+fn cache_path(rt: &Runtime, sha256: &str) -> PathBuf {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     rt.engine.precompile_compatibility_hash().hash(&mut hasher);
-    let cached = rt.limits.cache_dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()));
+    rt.limits.cache_dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()))
+}
+
+/// Compiles `bytes` with the main engine, or loads the machine code cached
+/// for the same content and engine settings.
+fn compile(rt: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, String> {
+    let cached = cache_path(rt, sha256);
     if cached.is_file() {
         // SAFETY: the cache folder is written only by this gateway (below),
         // with files named by the content hash of the source and the engine
@@ -294,9 +355,6 @@ fn compile(rt: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, String
             Err(e) => tracing::warn!(file = %cached.display(), "ignoring unusable compile cache entry: {e:#}"),
         }
     }
-    if !wasmparser_is_component(bytes) {
-        return Err("this is a core WebAssembly module, not a component: build with --target wasm32-wasip2 or cargo component".into());
-    }
     let component = Component::new(&rt.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
     if let Err(e) = store_cache(&component, &cached) {
         tracing::warn!(dir = %rt.limits.cache_dir.display(), "cannot write the compile cache: {e}");
@@ -305,7 +363,7 @@ fn compile(rt: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, String
 }
 
 /// The binary's layer field: 1 for components, 0 for core modules.
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
+fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[6] == 1 && bytes[7] == 0
 }
 
@@ -321,9 +379,9 @@ fn store_cache(component: &Component, path: &Path) -> Result<(), String> {
 
 /// Refuses components built for another version of the contract, or for
 /// another world, with a message that says which.
-fn check_contract(rt: &Runtime, component: &Component) -> Result<(), String> {
+fn check_contract(component: &Component) -> Result<(), String> {
     let ty = component.component_type();
-    let exports: Vec<&str> = ty.exports(&rt.engine).map(|(name, _)| name).collect();
+    let exports: Vec<&str> = ty.exports(component.engine()).map(|(name, _)| name).collect();
     let Some(found) = exports.iter().find(|n| n.split('@').next() == Some(HANDLER_INTERFACE)) else {
         return Err(format!(
             "not a Gatehouse plugin: it must export {HANDLER_INTERFACE}@{CONTRACT_VERSION} (world gatehouse:plugin/route-handler), \
