@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test build plugins lint bench bench-plugins
+.PHONY: run test build plugins lint bench bench-plugins bench-reload
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -27,3 +27,7 @@ bench:
 # The hello plugin route vs a native route vs `wasmtime serve` (see README).
 bench-plugins:
 	./bench/plugins.sh
+
+# Reload latency: last write of a changed plugin → first response from it.
+bench-reload: plugins
+	cargo bench -p gatehouse --bench reload

@@ -85,7 +85,7 @@ fn main() {
             headers: vec![("host".into(), "localhost".into()), ("x-user-id".into(), "42".into())],
             body: Vec::new(),
         };
-        call(&runtime, &plugin, state, Duration::from_millis(200), caller, info, request)
+        call(&plugin, state, Duration::from_millis(200), caller, info, request)
     };
 
     // The host-side share: the per-request state (WASI context, pipes, limits).
