@@ -292,6 +292,23 @@ fn bad_files_are_refused_while_the_old_version_serves() {
     assert!(mentions(&attempt, "errors", "extra.toml:"), "{attempt}");
     assert_eq!(gw.get("/extra", &[]).status, 404);
     assert_eq!(version(&gw), "green");
+
+    // Every refusal is counted in the metrics.
+    let metrics = admin_get(gw.admin, "/metrics");
+    assert!(metrics.header("content-type").unwrap().starts_with("text/plain"), "{metrics:?}");
+    let text = metrics.text();
+    let value = |series: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("gatehouse_reload_refusals_total{file=\"swap.wasm\"}") >= 3, "{text}");
+    assert!(value("gatehouse_reload_refusals_total{file=\"routes\"}") >= 2, "{text}");
+    assert!(value("gatehouse_reloads_total{outcome=\"refused\"}") >= 5, "{text}");
+    assert!(value("gatehouse_reloads_total{outcome=\"applied\"}") >= 2, "{text}");
+    assert!(value("gatehouse_plugin_calls_total{plugin=\"swap\"") >= 1, "{text}");
 }
 
 #[test]

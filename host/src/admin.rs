@@ -1,6 +1,6 @@
 //! The admin listener (loopback by default, never the public port):
 //! `/healthz`, `/readyz`, `/admin/routes`, `/admin/plugins`,
-//! `POST /admin/reload` and `/admin/reloads`.
+//! `POST /admin/reload`, `/admin/reloads` and `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -117,6 +117,67 @@ fn plugins(gw: &Gateway) -> Value {
     Value::Array(list)
 }
 
+/// Prometheus text exposition: reload attempts and refusals, and each
+/// serving plugin version's calls and failures.
+fn metrics(gw: &Gateway) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let c = &gw.reloads.counts;
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    out.push_str("# HELP gatehouse_reloads_total Reload attempts by outcome.\n# TYPE gatehouse_reloads_total counter\n");
+    for (outcome, v) in [
+        ("applied", &c.applied),
+        ("partial", &c.partial),
+        ("refused", &c.refused),
+        ("unchanged", &c.unchanged),
+    ] {
+        let _ = writeln!(out, "gatehouse_reloads_total{{outcome=\"{outcome}\"}} {}", n(v));
+    }
+    out.push_str("# HELP gatehouse_reload_refusals_total New file content refused by a reload (the previous version kept serving).\n# TYPE gatehouse_reload_refusals_total counter\n");
+    for (file, v) in c.refusals.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = writeln!(out, "gatehouse_reload_refusals_total{{file=\"{}\"}} {v}", label(file));
+    }
+    let snapshot = gw.snapshot();
+    out.push_str(
+        "# HELP gatehouse_plugin_calls_total Calls to the serving version of a plugin.\n# TYPE gatehouse_plugin_calls_total counter\n",
+    );
+    let serving: Vec<_> = snapshot.plugins.files.values().filter_map(|e| e.serving.as_ref()).collect();
+    for p in &serving {
+        let _ = writeln!(
+            out,
+            "gatehouse_plugin_calls_total{{plugin=\"{}\",version=\"{}\"}} {}",
+            label(&p.name),
+            &p.sha256[..12],
+            n(&p.stats.calls)
+        );
+    }
+    out.push_str("# HELP gatehouse_plugin_failures_total Failed plugin calls by kind.\n# TYPE gatehouse_plugin_failures_total counter\n");
+    for p in &serving {
+        let s = &p.stats;
+        for (kind, v) in [
+            ("trap", &s.traps),
+            ("deadline", &s.timeouts),
+            ("memory", &s.memory_limit),
+            ("pool_exhausted", &s.busy),
+            ("invalid_result", &s.bad_results),
+        ] {
+            let _ = writeln!(
+                out,
+                "gatehouse_plugin_failures_total{{plugin=\"{}\",version=\"{}\",kind=\"{kind}\"}} {}",
+                label(&p.name),
+                &p.sha256[..12],
+                n(v)
+            );
+        }
+    }
+    out
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 /// Recent reload attempts, newest first.
 fn reloads(gw: &Gateway) -> Value {
     let list: Vec<Value> = gw
@@ -153,6 +214,14 @@ async fn route_admin<B>(gw: &Gateway, req: &Request<B>) -> Response<GatewayBody>
         (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &routes(gw)),
         (&Method::GET, "/admin/plugins") => json_response(StatusCode::OK, &plugins(gw)),
         (&Method::GET, "/admin/reloads") => json_response(StatusCode::OK, &reloads(gw)),
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(full(Bytes::from(metrics(gw))));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         (&Method::POST, "/admin/reload") => reload(gw).await,
         (_, "/admin/reload") => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use POST"})),
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),

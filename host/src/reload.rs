@@ -17,7 +17,7 @@
 //! refused like any bad file, the previous version keeps serving, and the
 //! writer's next write or close triggers another reload that loads it.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,13 +80,15 @@ pub struct Attempt {
     pub warnings: Vec<String>,
 }
 
-/// Attempts by outcome, since start (for metrics).
+/// Attempts by outcome and refusals by file, since start (for `/metrics`).
 #[derive(Debug, Default)]
 pub struct ReloadCounts {
     pub applied: AtomicU64,
     pub partial: AtomicU64,
     pub refused: AtomicU64,
     pub unchanged: AtomicU64,
+    /// Refused new content, by file (`<name>.wasm`, or `routes`).
+    pub refusals: Mutex<BTreeMap<String, u64>>,
 }
 
 /// What the reload task is asked to do.
@@ -302,9 +304,16 @@ async fn reload(gw: &Arc<Gateway>, batch: &[Ask]) -> Attempt {
         snapshot,
         changes,
         errors,
+        refused,
         warnings,
         to_optimize,
     } = built;
+    {
+        let mut counts = gw.reloads.counts.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        for file in refused {
+            *counts.entry(file).or_default() += 1;
+        }
+    }
     if let Some(snapshot) = snapshot {
         gw.swap(snapshot);
     }

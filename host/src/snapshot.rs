@@ -105,6 +105,8 @@ pub struct Rebuilt {
     pub changes: Vec<String>,
     /// What was refused (the previous version of it keeps serving).
     pub errors: Vec<String>,
+    /// Which files were refused: `<name>.wasm`, or `routes` for the route files.
+    pub refused: Vec<String>,
     /// Not fatal, worth a line in the log.
     pub warnings: Vec<String>,
     /// Newly loaded plugins serving baseline code, to optimize next.
@@ -130,6 +132,7 @@ pub fn rebuild(config: &Config, runtime: &Runtime, prev: &Snapshot, handle: &Han
                 let why = format!("routes refused, the previous routes keep serving: {e}");
                 routes_refused = Some(Arc::new((digest.clone(), why.clone())));
                 out.errors.push(why);
+                out.refused.push("routes".into());
             }
         }
     }
@@ -154,6 +157,7 @@ pub fn rebuild(config: &Config, runtime: &Runtime, prev: &Snapshot, handle: &Han
             let why = format!("routes refused, the previous routes keep serving: {why}");
             routes_refused = Some(Arc::new((digest.clone(), why.clone())));
             out.errors.push(why);
+            out.refused.push("routes".into());
             candidate = None;
         }
     }
@@ -162,7 +166,10 @@ pub fn rebuild(config: &Config, runtime: &Runtime, prev: &Snapshot, handle: &Han
     for change in plugin_changes {
         changed = true;
         match change {
-            Change::Refused { .. } | Change::Retained { .. } => out.errors.push(change.to_string()),
+            Change::Refused { ref name, .. } | Change::Retained { ref name } => {
+                out.refused.push(format!("{name}.wasm"));
+                out.errors.push(change.to_string());
+            }
             _ => out.changes.push(change.to_string()),
         }
     }
