@@ -419,9 +419,25 @@ fn route_file_edits_change_routing_without_a_restart() {
     let attempt = wait_attempt(&gw, |a| a["triggers"].as_array().unwrap().iter().any(|t| t == "signal"));
     assert!(reloads(&gw).as_array().unwrap().len() > before, "{attempt}");
 
-    // Removing the file removes its routes.
+    // Removing the file removes its routes; a request already in flight on
+    // one of them finishes on the snapshot it started with.
+    let in_flight = {
+        let (addr, tok) = (gw.addr, tok.clone());
+        std::thread::spawn(move || {
+            let req =
+                format!("GET /moved/_demo/delay?ms=3000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\nConnection: close\r\n\r\n");
+            raw(addr, req.as_bytes())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
     std::fs::remove_file(&echo).unwrap();
     assert!(wait_for(RELOAD_LIMIT, || (status("/moved/x") == 404).then_some(())).is_some());
+    assert!(!in_flight.is_finished(), "the slow request should still be running after the swap");
+    assert_eq!(
+        in_flight.join().unwrap().status,
+        200,
+        "the in-flight request finished on its snapshot"
+    );
     assert_eq!(version(&gw), "blue", "the plugin route was untouched throughout");
 }
 
