@@ -479,3 +479,24 @@ fn memory_stays_bounded_over_many_reloads() {
     assert_eq!(resp.json()["outcome"], "unchanged", "{}", resp.text());
     assert_eq!(admin_request(gw.admin, "GET", "/admin/reload").status, 405);
 }
+
+#[test]
+fn a_kubernetes_style_volume_update_is_seen() {
+    // What the kubelet does for a ConfigMap or Secret volume: the files are
+    // links through `..data`, a link to a timestamped folder; an update
+    // writes a new folder and renames a new `..data` link over the old one.
+    let demo = Demo::start();
+    let gw = start(&demo, |s| s.plugins.clear());
+    let dir = plugins_dir(&gw);
+    let publish = |stamp: &str, bytes: &[u8]| {
+        std::fs::create_dir(dir.join(stamp)).unwrap();
+        std::fs::write(dir.join(stamp).join("swap.wasm"), bytes).unwrap();
+        std::os::unix::fs::symlink(stamp, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    };
+    publish("..2026_12_01_a", &bytes_of("blue"));
+    std::os::unix::fs::symlink("..data/swap.wasm", dir.join("swap.wasm")).unwrap();
+    wait_version(&gw, "blue");
+    publish("..2026_12_01_b", &bytes_of("green"));
+    wait_version(&gw, "green");
+}

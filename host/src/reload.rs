@@ -401,10 +401,16 @@ fn settled(kind: &EventKind) -> Option<bool> {
 }
 
 /// A top-level file with the folder's extension, not hidden (editors'
-/// temporary files start with a dot or end in `~`, `.swp`, `.tmp`).
+/// temporary files start with a dot or end in `~`, `.swp`, `.tmp`) — or
+/// `..data`, the link Kubernetes swaps to update a mounted ConfigMap or
+/// Secret at once (the files themselves are links through it and see no
+/// event of their own).
 fn relevant(path: &Path, ext: &str) -> bool {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
-    !hidden && path.extension().is_some_and(|x| x == ext)
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+    if name == "..data" {
+        return true;
+    }
+    !name.starts_with('.') && path.extension().is_some_and(|x| x == ext)
 }
 
 /// Registers for SIGHUP now (so a signal sent after start-up never kills the
@@ -458,6 +464,8 @@ mod tests {
         assert!(!relevant(Path::new("/p/hello.wasm~"), "wasm"));
         assert!(!relevant(Path::new("/r/user.toml.swp"), "toml"));
         assert!(relevant(Path::new("/r/user.toml"), "toml"));
+        assert!(relevant(Path::new("/p/..data"), "wasm"));
+        assert!(!relevant(Path::new("/p/..data_tmp"), "wasm"));
     }
 
     #[test]
