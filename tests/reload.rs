@@ -497,6 +497,10 @@ fn a_kubernetes_style_volume_update_is_seen() {
     publish("..2026_12_01_a", &bytes_of("blue"));
     std::os::unix::fs::symlink("..data/swap.wasm", dir.join("swap.wasm")).unwrap();
     wait_version(&gw, "blue");
+    // Let the events of the set-up settle, so that only the update can load green.
+    std::thread::sleep(Duration::from_millis(500));
     publish("..2026_12_01_b", &bytes_of("green"));
     wait_version(&gw, "green");
+    let attempt = &reloads(&gw)[0];
+    assert!(attempt["files"].as_array().unwrap().iter().any(|f| f == "..data"), "{attempt}");
 }
