@@ -312,6 +312,19 @@ fn bad_files_are_refused_while_the_old_version_serves() {
 }
 
 #[test]
+fn a_plugin_that_cannot_run_within_the_limits_is_refused_at_load() {
+    let demo = Demo::start();
+    // blue fits in 4 MiB; big-memory starts with 8 MiB of static data.
+    let gw = start(&demo, |s| s.plugin_limits = "memory = \"4MiB\"\n".into());
+    let big = bytes_of("big-memory");
+    copy_in_place(&plugins_dir(&gw).join("swap.wasm"), &big);
+    let entry = wait_entry(&gw, "swap", "failed", &sha256(&big));
+    let error = entry["error"].as_str().unwrap();
+    assert!(error.contains("plugin limits") && error.contains("4194304"), "{entry}");
+    assert_eq!(version(&gw), "blue");
+}
+
+#[test]
 fn a_half_written_file_loads_once_its_write_completes() {
     let demo = Demo::start();
     let gw = start(&demo, |_| {});

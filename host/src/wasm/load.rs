@@ -355,7 +355,19 @@ fn compile(rt: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, String
             Err(e) => tracing::warn!(file = %cached.display(), "ignoring unusable compile cache entry: {e:#}"),
         }
     }
-    let component = Component::new(&rt.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
+    let component = Component::new(&rt.engine, bytes).map_err(|e| {
+        let why = format!("{e:#}");
+        // The pooling allocator checks a component's memories and tables
+        // against the slots when compiling it.
+        if why.contains("pooling allocator") {
+            format!(
+                "it does not fit this gateway's plugin limits (plugins.memory = {} bytes): {why}",
+                rt.limits.memory
+            )
+        } else {
+            format!("not a valid component: {why}")
+        }
+    })?;
     if let Err(e) = store_cache(&component, &cached) {
         tracing::warn!(dir = %rt.limits.cache_dir.display(), "cannot write the compile cache: {e}");
     }
