@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 
 use crate::config::{AuthMode, Config, ConfigError, Upstream, load_routes};
 use crate::router::Router;
-use crate::wasm::load::{Change, load_dir};
+use crate::wasm::load::{Change, hex, load_dir};
 use crate::wasm::{LoadedPlugin, PluginSet, Runtime};
 
 /// Everything request handling reads that a reload may replace.
@@ -66,7 +66,7 @@ struct RouteTable {
 /// the rest is in the `Report`. Blocking (it compiles): `handle` runs each
 /// plugin's trial instantiation.
 pub fn load_snapshot(config: &Config, runtime: &Runtime, handle: &Handle) -> Result<(Snapshot, Report), ConfigError> {
-    let table = load_route_table(config, runtime)?;
+    let table = load_route_table(config, runtime, route_digest(&config.server.routes_dir))?;
     let (plugins, _) = load_dir(
         runtime,
         &config.server.plugins_dir,
@@ -126,7 +126,7 @@ pub fn rebuild(config: &Config, runtime: &Runtime, prev: &Snapshot, handle: &Han
     let mut routes_refused = prev.routes_refused.clone().filter(|_| already_refused);
     let mut candidate = None;
     if digest != *prev.route_files && !already_refused {
-        match load_route_table(config, runtime) {
+        match load_route_table(config, runtime, digest.clone()) {
             Ok(table) => candidate = Some(table),
             Err(e) => {
                 let why = format!("routes refused, the previous routes keep serving: {e}");
@@ -163,8 +163,12 @@ pub fn rebuild(config: &Config, runtime: &Runtime, prev: &Snapshot, handle: &Han
     }
 
     let mut changed = routes_refused.as_ref().map(|r| &r.1) != prev.routes_refused.as_ref().map(|r| &r.1);
+    let mut loaded = Vec::new();
     for change in plugin_changes {
         changed = true;
+        if let Change::Loaded { name, .. } = &change {
+            loaded.push(name.clone());
+        }
         match change {
             Change::Refused { ref name, .. } | Change::Retained { ref name } => {
                 out.refused.push(format!("{name}.wasm"));
@@ -194,18 +198,11 @@ pub fn rebuild(config: &Config, runtime: &Runtime, prev: &Snapshot, handle: &Han
     });
     changed |= plugins.files.len() != before;
 
-    out.to_optimize = plugins
-        .files
-        .values()
-        .filter_map(|e| e.serving.clone())
-        .filter(|p| {
-            p.pending_optimization.is_some()
-                && !prev
-                    .plugins
-                    .files
-                    .values()
-                    .any(|e| e.serving.as_ref().is_some_and(|q| Arc::ptr_eq(p, q)))
-        })
+    // What this rebuild loaded with baseline code gets its optimized build next.
+    out.to_optimize = loaded
+        .iter()
+        .filter_map(|name| plugins.files.get(name)?.serving.clone())
+        .filter(|p| p.pending_optimization.is_some())
         .collect();
     if changed {
         out.snapshot = Some(Snapshot {
@@ -255,15 +252,14 @@ fn route_digest(dir: &Path) -> BTreeMap<PathBuf, String> {
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .filter_map(|p| {
             let text = std::fs::read(&p).ok()?;
-            let hash = Sha256::digest(&text).iter().map(|b| format!("{b:02x}")).collect();
-            Some((p, hash))
+            Some((p, hex(&Sha256::digest(&text))))
         })
         .collect()
 }
 
-/// Reads the route files and checks them on their own (no plugins yet).
-fn load_route_table(config: &Config, runtime: &Runtime) -> Result<RouteTable, ConfigError> {
-    let files = route_digest(&config.server.routes_dir);
+/// Reads the route files and checks them on their own (no plugins yet);
+/// `files` is their content hash, taken just before.
+fn load_route_table(config: &Config, runtime: &Runtime, files: BTreeMap<PathBuf, String>) -> Result<RouteTable, ConfigError> {
     let routes = load_routes(&config.server.routes_dir, config.server.max_body)?;
     if !config.auth.has_keys()
         && let Some(r) = routes.iter().find(|r| r.auth != AuthMode::Public)

@@ -190,8 +190,13 @@ pub fn load_dir(
 
 /// Brings one name up to date with its file.
 fn load_entry(rt: &Runtime, path: &Path, name: &str, prev: PluginEntry, handle: &Handle, fast: bool) -> (PluginEntry, Option<Change>) {
-    let bytes = std::fs::read(path).map_err(|e| (None, format!("cannot read {}: {e}", path.display())));
-    let sha256 = bytes.as_ref().ok().map(|b| hex(&Sha256::digest(b)));
+    let read = std::fs::read(path)
+        .map(|b| {
+            let sha = hex(&Sha256::digest(&b));
+            (b, sha)
+        })
+        .map_err(|e| (None, format!("cannot read {}: {e}", path.display())));
+    let sha256 = read.as_ref().ok().map(|(_, sha)| sha.clone());
     if let (Some(p), Some(sha)) = (&prev.serving, &sha256)
         && p.sha256 == *sha
     {
@@ -210,7 +215,7 @@ fn load_entry(rt: &Runtime, path: &Path, name: &str, prev: PluginEntry, handle: 
         // The same bytes were refused before: nothing new to say.
         return (prev, None);
     }
-    let loaded = bytes.and_then(|b| load_bytes(rt, &b, name, handle, fast));
+    let loaded = read.and_then(|(bytes, sha)| load_bytes(rt, &bytes, sha, name, handle, fast));
     match loaded {
         Ok(p) => {
             tracing::info!(plugin = %name, sha256 = %p.sha256, compiler = p.compiler, "plugin loaded");
@@ -256,15 +261,23 @@ fn load_entry(rt: &Runtime, path: &Path, name: &str, prev: PluginEntry, handle: 
 /// instantiation). On failure: its hash (if it could be read) and why.
 pub fn load_file(rt: &Runtime, path: &Path, name: &str, handle: &Handle) -> Result<LoadedPlugin, (Option<String>, String)> {
     let bytes = std::fs::read(path).map_err(|e| (None, format!("cannot read {}: {e}", path.display())))?;
-    load_bytes(rt, &bytes, name, handle, false)
+    let sha256 = hex(&Sha256::digest(&bytes));
+    load_bytes(rt, &bytes, sha256, name, handle, false)
 }
 
-/// Hashes, compiles (or reuses the cache), checks the contract, pre-links and
-/// instantiates once: a component that would fail on every request is refused
-/// here instead. With `fast` and a tiered runtime, content not in the cache
-/// is compiled by the baseline compiler and marked for optimization.
-fn load_bytes(rt: &Runtime, bytes: &[u8], name: &str, handle: &Handle, fast: bool) -> Result<LoadedPlugin, (Option<String>, String)> {
-    let sha256 = hex(&Sha256::digest(bytes));
+/// Compiles `bytes` (content hash `sha256`, or reuses the cache), checks the
+/// contract, pre-links and instantiates once: a component that would fail on
+/// every request is refused here instead. With `fast` and a tiered runtime,
+/// content not in the cache is compiled by the baseline compiler and marked
+/// for optimization.
+fn load_bytes(
+    rt: &Runtime,
+    bytes: &[u8],
+    sha256: String,
+    name: &str,
+    handle: &Handle,
+    fast: bool,
+) -> Result<LoadedPlugin, (Option<String>, String)> {
     let fail = |msg: String| (Some(sha256.clone()), msg);
     if !bytes.starts_with(b"\0asm") {
         return Err(fail("not a WebAssembly file".into()));
@@ -422,7 +435,8 @@ fn compatible(version: &str) -> bool {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as content hashes are shown.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
