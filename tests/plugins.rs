@@ -230,6 +230,8 @@ fn fault_routes() -> String {
         "\n[[route]]\nprefix = \"/fault/send-own\"\nauth = \"required\"\nplugin = \"fault\"\n\n[route.settings]\nmode = \"send\"\n",
     );
     text.push_str("\n[[route]]\nprefix = \"/fault/send-allowed\"\nauth = \"required\"\nplugin = \"fault\"\ncalls = [\"knowledge-service\"]\n\n[route.settings]\nmode = \"send\"\nservice = \"knowledge-service\"\n");
+    // A plugin waiting on its service past its own deadline.
+    text.push_str("\n[[route]]\nprefix = \"/fault/send-slow\"\nauth = \"required\"\nplugin = \"fault\"\nplugin_deadline = \"300ms\"\n\n[route.settings]\nmode = \"send\"\npath = \"/_demo/delay?ms=4000\"\n");
     text.push_str("\n[[route]]\nprefix = \"/fault/send-forbidden\"\nauth = \"required\"\nplugin = \"fault\"\n\n[route.settings]\nmode = \"send\"\nservice = \"payment-service\"\n");
     // Plugins that cannot load.
     text.push_str("\n[[route]]\nprefix = \"/fault/other-version\"\nauth = \"required\"\nplugin = \"other-version\"\n");
@@ -351,6 +353,61 @@ fn a_plugin_cannot_forge_identity_on_forward_or_send() {
     let resp = gw.get_as("/fault/send-forbidden", &tok);
     assert_eq!(resp.status, 299, "{}", resp.text());
     assert!(resp.text().starts_with("not-allowed"), "{}", resp.text());
+}
+
+#[test]
+fn a_plugin_waiting_on_its_service_is_cut_at_its_deadline() {
+    let demo = Demo::start();
+    let gw = fault_gateway(&demo);
+    let tok = token("42", Some("pro"));
+    // The plugin's call to its service answers after 4 s; the route allows 300 ms.
+    let started = std::time::Instant::now();
+    let resp = gw.get_as("/fault/send-slow", &tok);
+    let waited = started.elapsed();
+    let id = resp.assert_error(504);
+    assert!(
+        waited < std::time::Duration::from_secs(3),
+        "the deadline did not cut the wait: {waited:?}"
+    );
+    let logged = gw.log_for(&id);
+    assert!(logged.iter().any(|l| l["plugin"] == "fault" && l["status"] == 504), "{logged:?}");
+    let resp = gw.get_as("/fault/echo", &tok);
+    assert_eq!(resp.status, 200, "the gateway must keep serving: {}", resp.text());
+}
+
+/// Voluntary context switches of the gateway's epoch ticker thread so far.
+fn epoch_thread_wakeups(pid: u32) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        if std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim() == "gatehouse-epoch" {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).unwrap();
+            return line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no gatehouse-epoch thread in process {pid}");
+}
+
+#[test]
+fn an_idle_gateway_stops_ticking_and_a_runaway_plugin_is_still_stopped() {
+    let demo = Demo::start();
+    let gw = fault_gateway(&demo);
+    let tok = token("42", Some("pro"));
+    assert_eq!(gw.get_as("/fault/echo", &tok).status, 200);
+    // After a second without plugin calls the ticker sleeps: it no longer
+    // wakes 200 times a second.
+    let pid = gw.proc.child.id();
+    let quiet = wait_for(std::time::Duration::from_secs(10), || {
+        let before = epoch_thread_wakeups(pid);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        (epoch_thread_wakeups(pid) - before < 10).then_some(())
+    });
+    assert!(quiet.is_some(), "the epoch ticker keeps waking while no plugin runs");
+    // A call wakes it: a spinning plugin still meets its deadline.
+    let started = std::time::Instant::now();
+    gw.get_as("/fault/loop", &tok).assert_error(504);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(gw.get_as("/fault/echo", &tok).status, 200);
 }
 
 #[test]

@@ -3,12 +3,13 @@
 //! `handle`, classify whatever went wrong.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
 use super::bindings::{Action, Caller, Request, RequestInfo, RouteHandlerPre};
-use super::engine::Runtime;
+use super::engine::{Epoch, Runtime};
 use super::host::PluginState;
 use super::load::{LoadedPlugin, PluginStats};
 
@@ -39,6 +40,7 @@ pub async fn call(
     request: Request,
 ) -> Result<Action, CallError> {
     PluginStats::bump(&plugin.stats.calls);
+    let _running = plugin.epoch.running();
     let memory = state.limiter_memory();
     let mut store = Store::new(plugin.pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
@@ -64,8 +66,17 @@ pub async fn call(
             .await
     };
     // The timer is the wall-clock deadline (it fires at a yield or while a
-    // host call waits); the epoch budget above is the backstop.
-    let outcome = tokio::time::timeout(deadline, run).await;
+    // host call waits); the epoch budget above is the backstop. Most calls
+    // finish in their first poll, without ever waiting: they need no timer,
+    // so it is armed only when the call first has to wait.
+    let started = Instant::now();
+    let outcome = {
+        let mut run = std::pin::pin!(run);
+        match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
+            Poll::Ready(done) => Ok(done),
+            Poll::Pending => tokio::time::timeout(deadline.saturating_sub(started.elapsed()), run).await,
+        }
+    };
     store.data().flush_stdio();
     let err = match outcome {
         Ok(Ok(action)) => return Ok(action),
@@ -88,7 +99,8 @@ pub async fn call(
 /// Instantiates `pre` once, without calling it, under the plugin limits: a
 /// component whose instantiation traps, runs away or needs more memory than
 /// allowed is refused at load time instead of failing every request.
-pub async fn probe(rt: &Runtime, pre: &RouteHandlerPre<PluginState>, name: &str) -> Result<(), String> {
+pub async fn probe(rt: &Runtime, pre: &RouteHandlerPre<PluginState>, epoch: &Epoch, name: &str) -> Result<(), String> {
+    let _running = epoch.running();
     let state = PluginState::probe(name.into(), rt.limits.memory as usize);
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limiter);

@@ -8,12 +8,11 @@
 //! reload serves within milliseconds; its Cranelift build then replaces it
 //! in the background.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use std::sync::OnceLock;
 use wasmtime::component::{HasSelf, Linker};
 
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Strategy};
@@ -25,10 +24,16 @@ use crate::config::{Compiler, PluginsConfig};
 /// How often the epoch advances: the granularity of plugin deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Ticks without any plugin code running after which the ticker sleeps
+/// until the next call (1 s): an idle gateway does not wake 200 times a
+/// second.
+const IDLE_TICKS: u32 = 200;
+
 /// One compiler's engine, with its linker and epoch ticker.
 pub struct Tier {
     pub engine: Engine,
     pub linker: Linker<PluginState>,
+    pub epoch: Epoch,
     _ticker: EpochTicker,
 }
 
@@ -41,10 +46,11 @@ impl Tier {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("linking WASI: {e:#}"))?;
         RouteHandler::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| format!("linking the gatehouse:plugin imports: {e:#}"))?;
-        let ticker = EpochTicker::start(engine.clone());
+        let (epoch, ticker) = EpochTicker::start(engine.clone(), IDLE_TICKS);
         Ok(Tier {
             engine,
             linker,
+            epoch,
             _ticker: ticker,
         })
     }
@@ -56,6 +62,8 @@ pub struct Runtime {
     pub engine: Engine,
     pub linker: Linker<PluginState>,
     pub limits: PluginsConfig,
+    /// The main engine's epoch clock.
+    pub epoch: Epoch,
     _ticker: EpochTicker,
     /// The Winch engine of `tiered` mode, made on first use.
     baseline: OnceLock<Result<Tier, String>>,
@@ -67,11 +75,17 @@ impl Runtime {
             Compiler::Winch => Strategy::Winch,
             Compiler::Cranelift | Compiler::Tiered => Strategy::Cranelift,
         };
-        let Tier { engine, linker, _ticker } = Tier::new(limits, strategy)?;
+        let Tier {
+            engine,
+            linker,
+            epoch,
+            _ticker,
+        } = Tier::new(limits, strategy)?;
         Ok(Runtime {
             engine,
             linker,
             limits: limits.clone(),
+            epoch,
             _ticker,
             baseline: OnceLock::new(),
         })
@@ -134,37 +148,168 @@ fn engine_config(limits: &PluginsConfig, strategy: Strategy) -> Config {
     config
 }
 
-/// Advances the engine's epoch every `EPOCH_TICK` until dropped.
+/// The epoch clock of one engine, shared by the plugins compiled with it.
+/// Plugin code runs only between `running()` and the drop of its guard;
+/// the ticker advances the epoch while any does, and for `IDLE_TICKS` after.
+#[derive(Clone)]
+pub struct Epoch(Arc<EpochShared>);
+
+struct EpochShared {
+    engine: Engine,
+    /// Stores that may run plugin code now.
+    running: AtomicUsize,
+    /// The ticker is asleep (or about to be) until a call wakes it.
+    parked: AtomicBool,
+    stop: AtomicBool,
+    /// Epoch increments so far (for tests and diagnostics).
+    ticks: AtomicU64,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// Plugin code may run while this lives: the epoch keeps advancing, so
+/// deadlines and yields work.
+pub struct Running<'a>(&'a EpochShared);
+
+impl Epoch {
+    /// Marks plugin code as running, waking the ticker if it sleeps.
+    pub fn running(&self) -> Running<'_> {
+        let shared = &*self.0;
+        shared.running.fetch_add(1, Ordering::SeqCst);
+        if shared.parked.swap(false, Ordering::SeqCst)
+            && let Some(thread) = shared.thread.get()
+        {
+            thread.unpark();
+        }
+        Running(shared)
+    }
+
+    /// How many times the epoch has advanced.
+    pub fn ticks(&self) -> u64 {
+        self.0.ticks.load(Ordering::Relaxed)
+    }
+
+    /// True while the ticker sleeps for want of plugin calls.
+    pub fn is_parked(&self) -> bool {
+        self.0.parked.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Owns the ticker thread of an `Epoch`; stops it when dropped.
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    shared: Arc<EpochShared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> EpochTicker {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+    fn start(engine: Engine, idle_ticks: u32) -> (Epoch, EpochTicker) {
+        let shared = Arc::new(EpochShared {
+            engine,
+            running: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+            thread: OnceLock::new(),
+        });
+        let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("gatehouse-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
+            .spawn(move || tick(&s, idle_ticks))
             .ok();
-        if thread.is_none() {
-            tracing::error!("could not start the epoch ticker thread: plugin deadlines fall back to the async timeout");
+        match &thread {
+            Some(t) => {
+                let _ = shared.thread.set(t.thread().clone());
+            }
+            None => tracing::error!("could not start the epoch ticker thread: plugin deadlines fall back to the async timeout"),
         }
-        EpochTicker { stop, thread }
+        (Epoch(shared.clone()), EpochTicker { shared, thread })
+    }
+}
+
+/// The ticker thread: advance, and sleep when nothing has run for a while.
+/// A call that starts while it decides to sleep either sees `parked` and
+/// wakes it, or is seen by the second look at `running`.
+fn tick(s: &EpochShared, idle_ticks: u32) {
+    let mut idle = 0;
+    while !s.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(EPOCH_TICK);
+        s.engine.increment_epoch();
+        s.ticks.fetch_add(1, Ordering::Relaxed);
+        if s.running.load(Ordering::SeqCst) > 0 {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle < idle_ticks {
+            continue;
+        }
+        s.parked.store(true, Ordering::SeqCst);
+        if s.running.load(Ordering::SeqCst) == 0 {
+            while s.parked.load(Ordering::SeqCst) && !s.stop.load(Ordering::SeqCst) {
+                std::thread::park();
+            }
+        }
+        s.parked.store(false, Ordering::SeqCst);
+        idle = 0;
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        Engine::new(&config).unwrap()
+    }
+
+    /// Waits (bounded) for `cond`.
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..400 {
+            if cond() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("timed out waiting for: {what}");
+    }
+
+    #[test]
+    fn the_ticker_sleeps_when_idle_and_wakes_for_a_call() {
+        let (epoch, _ticker) = EpochTicker::start(engine(), 4);
+        eventually("the idle ticker parks", || epoch.is_parked());
+        let parked_at = epoch.ticks();
+        std::thread::sleep(EPOCH_TICK * 6);
+        assert_eq!(epoch.ticks(), parked_at, "a parked ticker does not advance the epoch");
+
+        // While a call runs, the epoch advances however long it takes.
+        let running = epoch.running();
+        eventually("a call wakes the ticker", || epoch.ticks() >= parked_at + 8);
+        assert!(!epoch.is_parked());
+        drop(running);
+        eventually("the ticker parks again after the call", || epoch.is_parked());
+    }
+
+    #[test]
+    fn dropping_the_ticker_stops_a_parked_thread() {
+        let (epoch, ticker) = EpochTicker::start(engine(), 1);
+        eventually("the idle ticker parks", || epoch.is_parked());
+        drop(ticker); // joins: hangs here if the thread never wakes
     }
 }

@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 use wasmtime::component::Component;
 
 use super::bindings::{CONTRACT_VERSION, HANDLER_INTERFACE, RouteHandlerPre};
-use super::engine::Runtime;
+use super::engine::{Epoch, Runtime};
 use super::host::PluginState;
 
 /// Per-plugin counters, shown on `/admin/plugins`.
@@ -47,6 +47,8 @@ pub struct LoadedPlugin {
     pub stats: Arc<PluginStats>,
     /// The compiler of `pre`'s machine code: "cranelift" or "winch".
     pub compiler: &'static str,
+    /// The epoch clock of `pre`'s engine: calls keep it ticking.
+    pub epoch: Epoch,
     /// Baseline code waiting for its optimized build: the component bytes.
     pub pending_optimization: Option<Arc<[u8]>>,
 }
@@ -291,7 +293,7 @@ fn load_bytes(
     let baseline = rt.baseline().filter(|_| fast && !cache_path(rt, &sha256).is_file());
     let compiled = match baseline {
         Some(tier) => match Component::new(&tier.engine, bytes) {
-            Ok(c) => Some((c, &tier.linker, "winch")),
+            Ok(c) => Some((c, &tier.linker, &tier.epoch, "winch")),
             Err(e) => {
                 // Something Winch does not support: fall back to Cranelift.
                 tracing::debug!(plugin = %name, "baseline compile failed, using the optimizing compiler: {e:#}");
@@ -300,14 +302,14 @@ fn load_bytes(
         },
         None => None,
     };
-    let (component, linker, compiler) = match compiled {
+    let (component, linker, epoch, compiler) = match compiled {
         Some(c) => c,
-        None => (compile(rt, bytes, &sha256).map_err(fail)?, &rt.linker, rt.compiler()),
+        None => (compile(rt, bytes, &sha256).map_err(fail)?, &rt.linker, &rt.epoch, rt.compiler()),
     };
     let compiled_in = started.elapsed();
     let pre = prepare(&component, linker).map_err(fail)?;
     handle
-        .block_on(super::call::probe(rt, &pre, name))
+        .block_on(super::call::probe(rt, &pre, epoch, name))
         .map_err(|e| fail(format!("it fails to instantiate: {e}")))?;
     tracing::debug!(plugin = %name, compiler, ?compiled_in, total = ?started.elapsed(), "plugin compiled");
     Ok(LoadedPlugin {
@@ -317,6 +319,7 @@ fn load_bytes(
         pre,
         stats: Arc::default(),
         compiler,
+        epoch: epoch.clone(),
         pending_optimization: (compiler == "winch" && rt.compiler() != "winch").then(|| Arc::from(bytes)),
     })
 }
@@ -344,6 +347,7 @@ pub fn optimize(rt: &Runtime, plugin: &LoadedPlugin) -> Result<LoadedPlugin, Str
         pre,
         stats: plugin.stats.clone(),
         compiler: rt.compiler(),
+        epoch: rt.epoch.clone(),
         pending_optimization: None,
     })
 }

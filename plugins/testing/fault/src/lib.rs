@@ -54,6 +54,9 @@ impl Guest for Fault {
             }
             "send" => {
                 forge(&mut request);
+                if let Some(path) = config::get("path") {
+                    request.path_with_query = path;
+                }
                 let service = config::get("service");
                 match upstream::send(service.as_deref(), &request) {
                     Ok(resp) => Action::Respond(resp),
