@@ -110,6 +110,29 @@ fn main() {
         for _ in 0..PER_BATCH {
             assert!(matches!(one().await, Ok(Action::Respond(_))));
         }
+        // The parts: a Store alone (made and dropped), then instantiate and
+        // drop without calling `handle`.
+        let parts = [("Store new + drop", false), ("instantiate + drop", true)];
+        for (what, instantiate) in parts {
+            let mut times: Vec<f64> = Vec::with_capacity(BATCHES);
+            for _ in 0..BATCHES {
+                let start = Instant::now();
+                for _ in 0..PER_BATCH {
+                    let state = PluginState::new(plugin.name.clone(), "req-1".into(), route.clone(), outbound(), 64 << 20);
+                    let mut store = wasmtime::Store::new(plugin.pre.engine(), state);
+                    store.limiter(|s| &mut s.limiter);
+                    store.set_epoch_deadline(40);
+                    if instantiate {
+                        let instance = plugin.pre.instantiate_async(&mut store).await.expect("instantiate");
+                        std::hint::black_box(&instance);
+                    }
+                    drop(store);
+                }
+                times.push(start.elapsed().as_secs_f64() * 1e6 / PER_BATCH as f64);
+            }
+            times.sort_by(f64::total_cmp);
+            println!("{what}: median {:.2} µs, min {:.2} µs", times[BATCHES / 2], times[0]);
+        }
         let mut per_call: Vec<f64> = Vec::with_capacity(BATCHES);
         for _ in 0..BATCHES {
             let start = Instant::now();
