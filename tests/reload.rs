@@ -329,6 +329,27 @@ fn a_plugin_that_cannot_run_within_the_limits_is_refused_at_load() {
 }
 
 #[test]
+fn a_plugins_folder_made_after_start_is_watched() {
+    let demo = Demo::start();
+    let outside = tempfile::tempdir().unwrap();
+    let later = outside.path().join("plugins");
+    let gw = start(&demo, |s| {
+        s.plugins.clear();
+        s.server = format!("plugins_dir = {:?}\n", later.display().to_string());
+    });
+    assert_eq!(version(&gw), "status 503", "no plugin yet");
+    assert!(logged(&gw, |l| l.contains("folder missing; watching for it to appear")));
+    // Made, and filled at once: the first file may be written before the
+    // folder's own watch exists; the reload that follows it reads it.
+    std::fs::create_dir(&later).unwrap();
+    std::fs::write(later.join("swap.wasm"), bytes_of("blue")).unwrap();
+    wait_version(&gw, "blue");
+    // From then on the folder is watched like any other.
+    write_and_rename(&later.join("swap.wasm"), &bytes_of("green"));
+    wait_version(&gw, "green");
+}
+
+#[test]
 fn a_half_written_file_loads_once_its_write_completes() {
     let demo = Demo::start();
     let gw = start(&demo, |_| {});

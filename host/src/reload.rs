@@ -349,34 +349,21 @@ async fn reload(gw: &Arc<Gateway>, batch: &[Ask]) -> Attempt {
     }
 }
 
-/// Watches the plugins and routes folders. A folder that cannot be watched
-/// (it does not exist yet) is logged; explicit reloads still work.
+/// Watches the plugins and routes folders. A folder that does not exist yet
+/// is waited for in its parent: once it appears it is watched and read. A
+/// folder that cannot be watched at all is logged; explicit reloads still
+/// work.
 fn watch(gw: &Gateway) -> Vec<RecommendedWatcher> {
     let dirs = [(&gw.config.server.plugins_dir, "wasm"), (&gw.config.server.routes_dir, "toml")];
     let mut watchers = Vec::new();
     for (dir, ext) in dirs {
         let tx = gw.reloads.tx.clone();
-        let handler = move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
-                let Some(settled) = settled(&event.kind) else { return };
-                for path in event.paths.into_iter().filter(|p| relevant(p, ext)) {
-                    let job = Ask {
-                        trigger: Trigger::Watch,
-                        path: Some(path),
-                        settled,
-                        done: None,
-                    };
-                    let _ = tx.send(Job::Reload(job));
-                }
-            }
-            Err(error) => tracing::warn!(target: "gatehouse::reload", %error, "file watcher error"),
+        let watcher = match watch_folder(tx.clone(), dir, ext) {
+            Err(_) if !dir.exists() => watch_for_folder(tx, dir, ext),
+            other => other,
         };
-        let watcher = notify::recommended_watcher(handler).and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w));
         match watcher {
-            Ok(w) => {
-                tracing::info!(target: "gatehouse::reload", dir = %dir.display(), "watching for changes");
-                watchers.push(w);
-            }
+            Ok(w) => watchers.push(w),
             Err(error) => tracing::warn!(
                 target: "gatehouse::reload",
                 dir = %dir.display(),
@@ -386,6 +373,68 @@ fn watch(gw: &Gateway) -> Vec<RecommendedWatcher> {
         }
     }
     watchers
+}
+
+/// Watches `dir` for changed `*.ext` files.
+fn watch_folder(tx: mpsc::UnboundedSender<Job>, dir: &Path, ext: &'static str) -> notify::Result<RecommendedWatcher> {
+    let handler = move |event: notify::Result<notify::Event>| match event {
+        Ok(event) => {
+            let Some(settled) = settled(&event.kind) else { return };
+            for path in event.paths.into_iter().filter(|p| relevant(p, ext)) {
+                let job = Ask {
+                    trigger: Trigger::Watch,
+                    path: Some(path),
+                    settled,
+                    done: None,
+                };
+                let _ = tx.send(Job::Reload(job));
+            }
+        }
+        Err(error) => tracing::warn!(target: "gatehouse::reload", %error, "file watcher error"),
+    };
+    let mut watcher = notify::recommended_watcher(handler)?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    tracing::info!(target: "gatehouse::reload", dir = %dir.display(), "watching for changes");
+    Ok(watcher)
+}
+
+/// Watches the parent of a folder that does not exist yet. When the folder
+/// appears (made, or renamed into place), it is watched first and then read
+/// by a reload, so no file written into it is missed.
+fn watch_for_folder(tx: mpsc::UnboundedSender<Job>, dir: &Path, ext: &'static str) -> notify::Result<RecommendedWatcher> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dir.file_name().map(|n| n.to_os_string());
+    let target = dir.to_path_buf();
+    // The folder's own watcher, once it exists: kept alive by this handler.
+    let found: Mutex<Option<RecommendedWatcher>> = Mutex::new(None);
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let ours = event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        let mut found = found.lock().unwrap_or_else(|e| e.into_inner());
+        if !ours || found.is_some() || !target.is_dir() {
+            return;
+        }
+        match watch_folder(tx.clone(), &target, ext) {
+            Ok(w) => {
+                *found = Some(w);
+                let job = Ask {
+                    trigger: Trigger::Watch,
+                    path: Some(target.clone()),
+                    settled: true,
+                    done: None,
+                };
+                let _ = tx.send(Job::Reload(job));
+            }
+            Err(error) => tracing::warn!(target: "gatehouse::reload", dir = %target.display(), %error, "cannot watch this folder"),
+        }
+    };
+    let mut watcher = notify::recommended_watcher(handler)?;
+    watcher.watch(&parent, RecursiveMode::NonRecursive)?;
+    tracing::info!(target: "gatehouse::reload", dir = %dir.display(), "folder missing; watching for it to appear");
+    Ok(watcher)
 }
 
 /// Whether an event means the file is complete (`Some(true)`), may still be
