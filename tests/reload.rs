@@ -241,6 +241,49 @@ fn a_new_build_serves_baseline_code_at_once_then_optimized_code() {
     assert!(logged(&gw, |l| l.contains("optimized code now serves")));
 }
 
+/// The content hashes of the compiled code in a cache folder.
+fn cached_hashes(dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cwasm"))
+        .map(|n| n.split('-').next().unwrap().to_string())
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn the_compile_cache_keeps_what_serves_and_drops_the_rest() {
+    let demo = Demo::start();
+    let cache = tempfile::tempdir().unwrap();
+    let gw = start(&demo, |s| {
+        s.plugin_limits = format!("cache_dir = {:?}\ncache_size = \"1KiB\"\n", cache.path().display().to_string());
+    });
+    let blue = sha256(&bytes_of("blue"));
+    assert_eq!(cached_hashes(cache.path()), vec![blue.clone()], "compiled at start");
+    // Three builds never seen before, one after another: each serves, is
+    // optimized (which writes its cache entry), and pushes the last one out.
+    let seed = unique_seed();
+    let mut last = String::new();
+    for n in 0..3 {
+        let bytes = with_nonce(&bytes_of("green"), seed + n);
+        last = sha256(&bytes);
+        copy_in_place(&plugins_dir(&gw).join("swap.wasm"), &bytes);
+        let optimized = wait_for(RELOAD_LIMIT, || {
+            plugin_entry(&gw, "swap").filter(|e| e["sha256"] == last && e["compiler"] == "cranelift")
+        });
+        assert!(optimized.is_some(), "build {n} never optimized: {:?}", plugin_entry(&gw, "swap"));
+    }
+    let trimmed = wait_for(RELOAD_LIMIT, || (cached_hashes(cache.path()) == vec![last.clone()]).then_some(()));
+    assert!(
+        trimmed.is_some(),
+        "the cache should hold only the serving build {last}: {:?}",
+        cached_hashes(cache.path())
+    );
+    assert_eq!(version(&gw), "green");
+}
+
 #[test]
 fn bad_files_are_refused_while_the_old_version_serves() {
     let demo = Demo::start();

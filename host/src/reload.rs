@@ -192,6 +192,7 @@ pub fn spawn(gw: Arc<Gateway>) -> tokio::task::JoinHandle<()> {
                 gw.reloads.record(Arc::new(catch_up));
             }
         }
+        prune_cache_later(&gw);
         serve_queue(&gw, rx).await;
     })
 }
@@ -219,6 +220,9 @@ async fn serve_queue(gw: &Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<Job>) {
         }
         let attempt = Arc::new(reload(gw, &batch).await);
         gw.reloads.record(attempt.clone());
+        if matches!(attempt.outcome, Outcome::Applied | Outcome::Partial) {
+            prune_cache_later(gw);
+        }
         for job in batch {
             if let Some(done) = job.done {
                 let _ = done.send(attempt.clone());
@@ -264,6 +268,25 @@ fn install_optimized(gw: &Gateway, plugin: LoadedPlugin, took: Duration) {
     }
     gw.swap(current.with_plugins(plugins));
     tracing::info!(target: "gatehouse::reload", plugin = %name, compiler, ms = took.as_secs_f64() * 1e3, "optimized code now serves");
+}
+
+/// Trims the compile cache to `plugins.cache_size` in a blocking task,
+/// keeping the code of every version that serves now.
+fn prune_cache_later(gw: &Arc<Gateway>) {
+    let serving: Vec<String> = gw
+        .snapshot()
+        .plugins
+        .files
+        .values()
+        .filter_map(|e| e.serving.as_ref().map(|p| p.sha256.clone()))
+        .collect();
+    let gw = gw.clone();
+    tokio::task::spawn_blocking(move || {
+        let removed = crate::wasm::load::prune_cache(&gw.runtime, &serving);
+        if removed > 0 {
+            tracing::debug!(target: "gatehouse::reload", removed, "compile cache pruned");
+        }
+    });
 }
 
 /// True when some file's latest event leaves it possibly half written.

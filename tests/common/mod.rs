@@ -161,7 +161,8 @@ pub struct Setup {
     pub secret: Option<String>,
     /// Plugin files to place in the gateway's `plugins/` (file name, source).
     pub plugins: Vec<(String, PathBuf)>,
-    /// Extra lines for `[plugins]` (the compile cache is shared by all tests).
+    /// Extra lines for `[plugins]` (the compile cache is shared by all tests
+    /// unless these set `cache_dir`).
     pub plugin_limits: String,
     /// Extra environment variables for the gateway.
     pub env: Vec<(String, String)>,
@@ -234,15 +235,16 @@ pub fn write_config(demo: &Demo, setup: &Setup) -> (tempfile::TempDir, PathBuf) 
     for (name, source) in &setup.plugins {
         std::fs::copy(source, plugins.join(name)).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
     }
+    // Shared by all tests, unless the setup names its own.
     let cache = repo().join("target").join("test-plugin-cache");
+    let cache_line = if setup.plugin_limits.contains("cache_dir") {
+        String::new()
+    } else {
+        format!("cache_dir = {:?}\n", cache.display().to_string())
+    };
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n\n[plugins]\ncache_dir = {:?}\n{}\n\n[reload]\n{}\n",
-        setup.server,
-        setup.upstream,
-        setup.auth,
-        cache.display().to_string(),
-        setup.plugin_limits,
-        setup.reload
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n\n[plugins]\n{cache_line}{}\n\n[reload]\n{}\n",
+        setup.server, setup.upstream, setup.auth, setup.plugin_limits, setup.reload
     );
     let path = dir.path().join("gatehouse.toml");
     std::fs::write(&path, config).unwrap();

@@ -50,6 +50,7 @@ struct RawPlugins {
     max_body: Bytes,
     max_instances: u32,
     cache_dir: PathBuf,
+    cache_size: Bytes,
     compiler: Compiler,
 }
 
@@ -61,6 +62,7 @@ impl Default for RawPlugins {
             max_body: Bytes(1 << 20),
             max_instances: 512,
             cache_dir: ".gatehouse-cache".into(),
+            cache_size: Bytes(256 << 20),
             compiler: Compiler::Tiered,
         }
     }
@@ -203,6 +205,9 @@ pub struct PluginsConfig {
     pub max_instances: u32,
     /// Compiled code, keyed by content hash.
     pub cache_dir: PathBuf,
+    /// Bytes the cache may hold beyond the code of the versions that serve;
+    /// least recently used entries go first.
+    pub cache_size: u64,
     pub compiler: Compiler,
 }
 
@@ -378,6 +383,7 @@ impl Config {
             max_body: p.max_body.0,
             max_instances: p.max_instances.clamp(1, 100_000),
             cache_dir: base.join(&p.cache_dir),
+            cache_size: p.cache_size.0,
             compiler: p.compiler,
         };
         let reload = ReloadConfig {

@@ -368,7 +368,14 @@ fn compile(rt: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, String
         // settings; it is as trusted as the binary itself. A file that fails
         // to deserialize is recompiled.
         match unsafe { Component::deserialize_file(&rt.engine, &cached) } {
-            Ok(c) => return Ok(c),
+            Ok(c) => {
+                // Recently used: the last to be pruned.
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(&cached)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                return Ok(c);
+            }
             Err(e) => tracing::warn!(file = %cached.display(), "ignoring unusable compile cache entry: {e:#}"),
         }
     }
@@ -394,6 +401,39 @@ fn compile(rt: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, String
 /// The binary's layer field: 1 for components, 0 for core modules.
 fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[6] == 1 && bytes[7] == 0
+}
+
+/// Keeps the compile cache within `plugins.cache_size`. The entries of the
+/// versions in `serving` (content hashes) always stay; the other `.cwasm`
+/// files go least recently used first. Returns how many were removed.
+pub fn prune_cache(rt: &Runtime, serving: &[String]) -> usize {
+    let keep: std::collections::HashSet<PathBuf> = serving.iter().map(|sha| cache_path(rt, sha)).collect();
+    let Ok(dir) = std::fs::read_dir(&rt.limits.cache_dir) else {
+        return 0;
+    };
+    let mut others = Vec::new();
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if keep.contains(&path) || path.extension().is_none_or(|x| x != "cwasm") {
+            continue;
+        }
+        if let Ok(meta) = entry.metadata() {
+            others.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len(), path));
+        }
+    }
+    let mut total: u64 = others.iter().map(|(_, len, _)| len).sum();
+    others.sort();
+    let mut removed = 0;
+    for (_, len, path) in others {
+        if total <= rt.limits.cache_size {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            removed += 1;
+        }
+    }
+    removed
 }
 
 fn store_cache(component: &Component, path: &Path) -> Result<(), String> {
