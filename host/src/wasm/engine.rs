@@ -175,7 +175,10 @@ impl Epoch {
     pub fn running(&self) -> Running<'_> {
         let shared = &*self.0;
         shared.running.fetch_add(1, Ordering::SeqCst);
-        if shared.parked.swap(false, Ordering::SeqCst)
+        // A plain load first: while the ticker runs (the usual case under
+        // load) calls only read the flag and never write its cache line.
+        if shared.parked.load(Ordering::SeqCst)
+            && shared.parked.swap(false, Ordering::SeqCst)
             && let Some(thread) = shared.thread.get()
         {
             thread.unpark();
