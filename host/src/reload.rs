@@ -108,6 +108,18 @@ struct Ask {
     done: Option<oneshot::Sender<Arc<Attempt>>>,
 }
 
+impl Ask {
+    /// A watcher's event about `path`.
+    fn watched(path: PathBuf, settled: bool) -> Ask {
+        Ask {
+            trigger: Trigger::Watch,
+            path: Some(path),
+            settled,
+            done: None,
+        }
+    }
+}
+
 /// The reload queue and the record of recent attempts (part of `Gateway`).
 pub struct Reloads {
     tx: mpsc::UnboundedSender<Job>,
@@ -404,13 +416,7 @@ fn watch_folder(tx: mpsc::UnboundedSender<Job>, dir: &Path, ext: &'static str) -
         Ok(event) => {
             let Some(settled) = settled(&event.kind) else { return };
             for path in event.paths.into_iter().filter(|p| relevant(p, ext)) {
-                let job = Ask {
-                    trigger: Trigger::Watch,
-                    path: Some(path),
-                    settled,
-                    done: None,
-                };
-                let _ = tx.send(Job::Reload(job));
+                let _ = tx.send(Job::Reload(Ask::watched(path, settled)));
             }
         }
         Err(error) => tracing::warn!(target: "gatehouse::reload", %error, "file watcher error"),
@@ -443,13 +449,7 @@ fn watch_for_folder(tx: mpsc::UnboundedSender<Job>, dir: &Path, ext: &'static st
         match watch_folder(tx.clone(), &target, ext) {
             Ok(w) => {
                 *found = Some(w);
-                let job = Ask {
-                    trigger: Trigger::Watch,
-                    path: Some(target.clone()),
-                    settled: true,
-                    done: None,
-                };
-                let _ = tx.send(Job::Reload(job));
+                let _ = tx.send(Job::Reload(Ask::watched(target.clone(), true)));
             }
             Err(error) => tracing::warn!(target: "gatehouse::reload", dir = %target.display(), %error, "cannot watch this folder"),
         }
@@ -542,12 +542,7 @@ mod tests {
 
     #[test]
     fn a_batch_waits_while_any_file_may_be_half_written() {
-        let job = |p: &str, settled| Ask {
-            trigger: Trigger::Watch,
-            path: Some(PathBuf::from(p)),
-            settled,
-            done: None,
-        };
+        let job = |p: &str, settled| Ask::watched(PathBuf::from(p), settled);
         assert!(unsettled(&[job("a.wasm", false)]));
         assert!(!unsettled(&[job("a.wasm", false), job("a.wasm", true)]));
         assert!(unsettled(&[job("a.wasm", true), job("b.wasm", false)]));
