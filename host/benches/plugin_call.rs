@@ -1,6 +1,7 @@
-//! Per-request cost of a plugin: fresh `Store` + WASI context, instantiate
-//! from the `InstancePre`, call `handle`, drop. The `hello` plugin answers
-//! itself, so this is the whole wasm share of a request on its route.
+//! Per-request cost of a plugin: fresh `Store` (its WASI context is made only
+//! if the plugin calls WASI), instantiate from the `InstancePre`, call
+//! `handle`, drop. The `hello` plugin answers itself, so this is the whole
+//! wasm share of a request on its route.
 //!
 //!   make plugins && cargo bench -p gatehouse --bench plugin_call
 //!
@@ -88,7 +89,8 @@ fn main() {
         call(&plugin, state, Duration::from_millis(200), caller, info, request)
     };
 
-    // The host-side share: the per-request state (WASI context, pipes, limits).
+    // The host-side share: the per-request state (limits, settings, the way
+    // out); a WASI context is made only if the plugin calls WASI.
     let mut state_only: Vec<f64> = (0..BATCHES)
         .map(|_| {
             let start = Instant::now();
@@ -101,7 +103,7 @@ fn main() {
         .collect();
     state_only.sort_by(f64::total_cmp);
     println!(
-        "per-request host state alone (WASI context, pipes): median {:.2} µs",
+        "per-request host state alone (limits, settings; WASI is made on first use): median {:.2} µs",
         state_only[BATCHES / 2]
     );
 
@@ -123,7 +125,7 @@ fn main() {
                     store.limiter(|s| &mut s.limiter);
                     store.set_epoch_deadline(40);
                     if instantiate {
-                        let instance = plugin.pre.instantiate_async(&mut store).await.expect("instantiate");
+                        let instance = plugin.pre.instantiate(&mut store).await.expect("instantiate");
                         std::hint::black_box(&instance);
                     }
                     drop(store);

@@ -18,3 +18,63 @@ pub use self::gatehouse::plugin::types::{Level, SendError};
 pub const CONTRACT_VERSION: &str = "0.1.0";
 /// The interface a plugin must export.
 pub const HANDLER_INTERFACE: &str = "gatehouse:plugin/handler";
+
+use wasmtime::Store;
+use wasmtime::component::{ComponentExportIndex, InstancePre, TypedFunc};
+
+use super::host::PluginState;
+
+/// A plugin ready to run: its imports linked, its `handle` export found and
+/// type-checked once, when it loaded, instead of on every request.
+pub struct HandlerPre {
+    pre: InstancePre<PluginState>,
+    handle: ComponentExportIndex,
+}
+
+/// `handle`'s signature as the host calls it.
+type HandleFunc<'a> = TypedFunc<(Option<&'a Caller>, &'a RequestInfo, &'a Request), (Action,)>;
+
+impl HandlerPre {
+    /// Checks `pre`'s exports against the route-handler world.
+    pub fn new(pre: InstancePre<PluginState>) -> wasmtime::Result<HandlerPre> {
+        // The generated bindings check every export's type; `handle` is then
+        // looked up the same way they do.
+        let checked = RouteHandlerPre::new(pre.clone())?;
+        let component = checked.instance_pre().component();
+        let handle = component
+            .get_export_index(None, format!("{HANDLER_INTERFACE}@{CONTRACT_VERSION}").as_str())
+            .and_then(|iface| component.get_export_index(Some(&iface), "handle"))
+            .ok_or_else(|| wasmtime::format_err!("no `handle` export"))?;
+        Ok(HandlerPre { pre, handle })
+    }
+
+    /// The engine the plugin was compiled for.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        self.pre.engine()
+    }
+
+    /// A new instance in `store`, without running it.
+    pub async fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<wasmtime::component::Instance> {
+        self.pre.instantiate_async(store).await
+    }
+
+    /// Instantiates into `store` and calls `handle`.
+    pub async fn handle(
+        &self,
+        store: &mut Store<PluginState>,
+        caller: Option<&Caller>,
+        info: &RequestInfo,
+        request: &Request,
+    ) -> wasmtime::Result<Action> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let func = instance
+            .get_func(&mut *store, self.handle)
+            .ok_or_else(|| wasmtime::format_err!("no `handle` export"))?;
+        // SAFETY: `new` type-checked this export of this component against
+        // the world (through `RouteHandlerPre::new`), and `HandleFunc` is
+        // the signature the generated bindings call it with.
+        let typed: HandleFunc<'_> = unsafe { TypedFunc::new_unchecked(func) };
+        let (action,) = typed.call_async(&mut *store, (caller, info, request)).await?;
+        Ok(action)
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 
-use super::bindings::{Action, Caller, Request, RequestInfo, RouteHandlerPre};
+use super::bindings::{Action, Caller, HandlerPre, Request, RequestInfo};
 use super::engine::{Epoch, Runtime};
 use super::host::PluginState;
 use super::load::{LoadedPlugin, PluginStats};
@@ -58,13 +58,7 @@ pub async fn call(
         })
     });
 
-    let run = async {
-        let handler = plugin.pre.instantiate_async(&mut store).await?;
-        handler
-            .gatehouse_plugin_handler()
-            .call_handle(&mut store, caller.as_ref(), &info, &request)
-            .await
-    };
+    let run = plugin.pre.handle(&mut store, caller.as_ref(), &info, &request);
     // The timer is the wall-clock deadline (it fires at a yield or while a
     // host call waits); the epoch budget above is the backstop. Most calls
     // finish in their first poll, without ever waiting: they need no timer,
@@ -99,14 +93,14 @@ pub async fn call(
 /// Instantiates `pre` once, without calling it, under the plugin limits: a
 /// component whose instantiation traps, runs away or needs more memory than
 /// allowed is refused at load time instead of failing every request.
-pub async fn probe(rt: &Runtime, pre: &RouteHandlerPre<PluginState>, epoch: &Epoch, name: &str) -> Result<(), String> {
+pub async fn probe(rt: &Runtime, pre: &HandlerPre, epoch: &Epoch, name: &str) -> Result<(), String> {
     let _running = epoch.running();
     let state = PluginState::probe(name.into(), rt.limits.memory as usize);
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(Runtime::ticks(rt.limits.deadline));
     store.epoch_deadline_trap();
-    match pre.instantiate_async(&mut store).await {
+    match pre.instantiate(&mut store).await {
         Ok(_) => Ok(()),
         // Every slot busy serving requests says nothing about this component.
         Err(e) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => Ok(()),

@@ -23,7 +23,9 @@ const MAX_LOG_LINE: usize = 4096;
 
 /// Everything a plugin instance can reach, owned by its `Store`.
 pub struct PluginState {
-    wasi: WasiCtx,
+    /// Made on the plugin's first WASI call: most requests never make one,
+    /// and a context (random generators, pipes) costs about a microsecond.
+    wasi: Option<Box<Wasi>>,
     table: ResourceTable,
     pub limiter: Limiter,
     pub plugin: Arc<str>,
@@ -31,9 +33,31 @@ pub struct PluginState {
     pub route: Arc<RoutePlugin>,
     /// `None` for the trial instantiation at load time (no request).
     pub outbound: Option<Outbound>,
+    log_lines: u32,
+}
+
+/// WASI with nothing granted, and the pipes that catch the plugin's output.
+struct Wasi {
+    ctx: WasiCtx,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
-    log_lines: u32,
+}
+
+impl Wasi {
+    fn new() -> Box<Wasi> {
+        let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
+        // Nothing is granted: no preopened directories, no environment, no
+        // arguments, no network. Clocks and random work as WASI defines them.
+        let ctx = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Box::new(Wasi { ctx, stdout, stderr })
+    }
 }
 
 impl PluginState {
@@ -48,27 +72,14 @@ impl PluginState {
     }
 
     fn build(plugin: Arc<str>, request_id: String, route: Arc<RoutePlugin>, outbound: Option<Outbound>, memory: usize) -> PluginState {
-        let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
-        let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
-        // Nothing is granted: no preopened directories, no environment, no
-        // arguments, no network. Clocks and random work as WASI defines them.
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
         PluginState {
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
             limiter: Limiter { memory, memory_hit: false },
             plugin,
             request_id,
             route,
             outbound,
-            stdout,
-            stderr,
             log_lines: 0,
         }
     }
@@ -80,7 +91,8 @@ impl PluginState {
 
     /// Sends what the plugin printed to the log, line by line.
     pub fn flush_stdio(&self) {
-        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+        let Some(wasi) = &self.wasi else { return };
+        for (stream, pipe) in [("stdout", &wasi.stdout), ("stderr", &wasi.stderr)] {
             let bytes = pipe.contents();
             for line in String::from_utf8_lossy(&bytes)
                 .lines()
@@ -96,7 +108,7 @@ impl PluginState {
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: &mut self.wasi.get_or_insert_with(Wasi::new).ctx,
             table: &mut self.table,
         }
     }
@@ -165,5 +177,20 @@ impl log::Host for PluginState {
 impl config::Host for PluginState {
     fn get(&mut self, key: String) -> Option<String> {
         self.route.settings.get(&key).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wasi_is_made_on_first_use_and_catches_output() {
+        let mut state = PluginState::probe("p".into(), 1 << 20);
+        assert!(state.wasi.is_none(), "a request that never calls WASI must not pay for a context");
+        state.flush_stdio();
+        let _ = state.ctx();
+        let wasi = state.wasi.as_ref().expect("made on first use");
+        assert!(wasi.stdout.contents().is_empty() && wasi.stderr.contents().is_empty());
     }
 }

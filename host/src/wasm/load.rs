@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use wasmtime::component::Component;
 
-use super::bindings::{CONTRACT_VERSION, HANDLER_INTERFACE, RouteHandlerPre};
+use super::bindings::{CONTRACT_VERSION, HANDLER_INTERFACE, HandlerPre};
 use super::engine::{Epoch, Runtime};
 use super::host::PluginState;
 
@@ -42,7 +42,7 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// When this content first served (an optimized rebuild keeps it).
     pub loaded_at: SystemTime,
-    pub pre: RouteHandlerPre<PluginState>,
+    pub pre: HandlerPre,
     /// Shared with the optimized rebuild of a baseline version.
     pub stats: Arc<PluginStats>,
     /// The compiler of `pre`'s machine code: "cranelift" or "winch".
@@ -325,12 +325,12 @@ fn load_bytes(
 }
 
 /// Checks the contract and pre-links a compiled component.
-fn prepare(component: &Component, linker: &wasmtime::component::Linker<PluginState>) -> Result<RouteHandlerPre<PluginState>, String> {
+fn prepare(component: &Component, linker: &wasmtime::component::Linker<PluginState>) -> Result<HandlerPre, String> {
     check_contract(component)?;
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| format!("it needs an import this gateway does not provide: {e:#}"))?;
-    RouteHandlerPre::new(pre).map_err(|e| format!("its exports do not match the route-handler world: {e:#}"))
+    HandlerPre::new(pre).map_err(|e| format!("its exports do not match the route-handler world: {e:#}"))
 }
 
 /// The optimized build of a baseline `plugin` (blocking): same content,
