@@ -69,7 +69,9 @@ nginx_conf proxy $NGINX_PORT \
       add_header X-Request-ID $request_id;
     }'
 
-mkdir -p "$work/routes"
+# An empty plugins folder, as in a normal deployment: with none, each gateway
+# would watch this folder for one to appear, and wake on every access-log write.
+mkdir -p "$work/routes" "$work/plugins"
 cat > "$work/routes/bench.toml" <<EOF
 service = "bench-upstream"
 upstream = "http://127.0.0.1:$UP_PORT"
