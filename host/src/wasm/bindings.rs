@@ -1,5 +1,10 @@
 //! Host bindings generated from `wit/route-handler.wit`.
 
+use wasmtime::Store;
+use wasmtime::component::{ComponentExportIndex, InstancePre, TypedFunc};
+
+use super::host::PluginState;
+
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "route-handler",
@@ -19,11 +24,6 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 /// The interface a plugin must export.
 pub const HANDLER_INTERFACE: &str = "gatehouse:plugin/handler";
 
-use wasmtime::Store;
-use wasmtime::component::{ComponentExportIndex, InstancePre, TypedFunc};
-
-use super::host::PluginState;
-
 /// A plugin ready to run: its imports linked, its `handle` export found and
 /// type-checked once, when it loaded, instead of on every request.
 pub struct HandlerPre {
@@ -39,8 +39,8 @@ impl HandlerPre {
     pub fn new(pre: InstancePre<PluginState>) -> wasmtime::Result<HandlerPre> {
         // The generated bindings check every export's type; `handle` is then
         // looked up the same way they do.
-        let checked = RouteHandlerPre::new(pre.clone())?;
-        let component = checked.instance_pre().component();
+        RouteHandlerPre::new(pre.clone())?;
+        let component = pre.component();
         let handle = component
             .get_export_index(None, format!("{HANDLER_INTERFACE}@{CONTRACT_VERSION}").as_str())
             .and_then(|iface| component.get_export_index(Some(&iface), "handle"))
@@ -66,7 +66,7 @@ impl HandlerPre {
         info: &RequestInfo,
         request: &Request,
     ) -> wasmtime::Result<Action> {
-        let instance = self.pre.instantiate_async(&mut *store).await?;
+        let instance = self.instantiate(store).await?;
         let func = instance
             .get_func(&mut *store, self.handle)
             .ok_or_else(|| wasmtime::format_err!("no `handle` export"))?;
