@@ -435,15 +435,18 @@ fn watch_for_folder(tx: mpsc::UnboundedSender<Job>, dir: &Path, ext: &'static st
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = dir.file_name().map(|n| n.to_os_string());
     let target = dir.to_path_buf();
     // The folder's own watcher, once it exists: kept alive by this handler.
     let found: Mutex<Option<RecommendedWatcher>> = Mutex::new(None);
     let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        let ours = event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name);
+        // Every write to any file in the parent lands here: the check for
+        // our folder's name comes first and costs no allocation or lock.
+        if !event.paths.iter().any(|p| p.file_name() == target.file_name()) {
+            return;
+        }
         let mut found = found.lock().unwrap_or_else(|e| e.into_inner());
-        if !ours || found.is_some() || !target.is_dir() {
+        if found.is_some() || !target.is_dir() {
             return;
         }
         match watch_folder(tx.clone(), &target, ext) {
