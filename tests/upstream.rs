@@ -169,3 +169,104 @@ fn upstream_connections_are_pooled() {
         "each request opened a new upstream connection: {peers:?}"
     );
 }
+
+/// An upstream that answers one request per connection with keep-alive
+/// framing and then closes it, as an upstream's idle timeout does: the
+/// gateway finds its pooled connection closed (or has its request refused
+/// on it) and must open a new one without failing the client's request.
+#[test]
+fn upstream_closing_idle_connections_costs_no_request() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    const REQUESTS: usize = 30;
+    let upstream = std::thread::spawn(move || {
+        let mut served = 0;
+        // One connection per request, at most; each answered then closed.
+        for stream in listener.incoming().take(REQUESTS) {
+            let mut s = stream.unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            if head.is_empty() {
+                continue;
+            }
+            served += 1;
+            let body = format!("conn {served}");
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        }
+        served
+    });
+    let demo = Demo::start();
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            routes: vec![(
+                "closing.toml".into(),
+                format!(
+                    "service = \"closing-service\"\nupstream = \"http://127.0.0.1:{port}\"\n\n[[route]]\nprefix = \"/closing\"\nauth = \"public\"\n"
+                ),
+            )],
+            workers: 1,
+            ..Setup::default()
+        },
+    );
+    // Back to back on one client connection, then with pauses that let the
+    // gateway see each close first.
+    let mut client = KeepAlive::new(gw.addr);
+    for i in 0..REQUESTS {
+        let resp = client.get("/closing/x", &[]).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+        assert!(resp.text().starts_with("conn "), "request {i}: {}", resp.text());
+        if i >= REQUESTS / 2 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    drop(client);
+    drop(gw);
+    assert_eq!(upstream.join().unwrap(), REQUESTS, "one upstream connection per request");
+}
+
+/// A client that leaves in the middle of a streamed response: the upstream
+/// connection it was using is never handed to the next request while it is
+/// still mid-response, so the next caller gets its own, whole answer.
+#[test]
+fn a_client_leaving_mid_response_does_not_poison_the_pool() {
+    let demo = Demo::start();
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            workers: 1,
+            ..Setup::default()
+        },
+    );
+    let tok = token("1", None);
+    for round in 0..3 {
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /api/areas/_demo/stream?chunks=5&ms=300 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {tok}\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("chunk 0") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "round {round}: closed before the first chunk");
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(s);
+        for i in 0..3 {
+            let resp = gw.get_as(&format!("/api/areas/after-{round}-{i}"), &tok);
+            assert_eq!(resp.status, 200, "round {round}, request {i}: {}", resp.text());
+            assert_eq!(
+                resp.json()["path"],
+                format!("/api/areas/after-{round}-{i}"),
+                "round {round}, request {i}"
+            );
+        }
+    }
+}

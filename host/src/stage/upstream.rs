@@ -15,7 +15,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use crate::body::{BodyTooLarge, BoxError, GatewayBody, IdleBody, RequestBody};
-use crate::client::UpstreamClient;
+use crate::client::{UpstreamClient, UpstreamError};
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::headers::strip_hop_by_hop;
@@ -40,27 +40,26 @@ where
             parts.headers.remove(header::CONTENT_LENGTH);
         }
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(host) = &ctx.host
-    {
-        parts.headers.insert(header::HOST, host.clone());
+    if !parts.headers.contains_key(header::HOST) {
+        let host = match &ctx.host {
+            Some(host) => host.clone(),
+            None => HeaderValue::from_str(route.upstream.authority.as_str())
+                .map_err(|e| GatewayError::Internal(format!("upstream host: {e}")))?,
+        };
+        parts.headers.insert(header::HOST, host);
     }
+    // Origin-form: the connection already says which server this is.
     let pq = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(route.upstream.scheme.clone())
-        .authority(route.upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| GatewayError::Internal(format!("upstream uri: {e}")))?;
+    parts.uri = Uri::from(pq);
     parts.version = Version::HTTP_11;
 
     let exceeded = Arc::new(AtomicBool::new(false));
     let body = RequestBody::new(body, route.max_body, exceeded.clone()).boxed_unsync();
-    let sent = up.client.request(Request::from_parts(parts, body));
+    let sent = up.request(&route.upstream, Request::from_parts(parts, body));
     let resp = match tokio::time::timeout(up.first_byte_timeout, sent).await {
         Err(_) => {
             return Err(GatewayError::UpstreamTimeout(format!(
@@ -86,7 +85,7 @@ fn caused_by<E: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
     chain(err).any(|e| e.is::<E>())
 }
 
-fn classify(err: &hyper_util::client::legacy::Error, upstream: &str) -> GatewayError {
+fn classify(err: &UpstreamError, upstream: &str) -> GatewayError {
     let timed_out = chain(err)
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() == std::io::ErrorKind::TimedOut);

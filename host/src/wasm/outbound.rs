@@ -51,8 +51,7 @@ impl Outbound {
         let req = to_http(request, &self.contract, self.host.as_ref(), &upstream).map_err(SendError::InvalidRequest)?;
         let sent = self
             .client
-            .client
-            .request(req.map(|b| b.map_err(|never| match never {}).boxed_unsync()));
+            .request(&upstream, req.map(|b| b.map_err(|never| match never {}).boxed_unsync()));
         let resp = match tokio::time::timeout(self.client.first_byte_timeout, sent).await {
             Err(_) => return Err(SendError::Timeout),
             Ok(Err(e)) => {
@@ -119,22 +118,20 @@ pub fn to_http(
         return Err(format!("path {:?} must start with /", request.path_with_query));
     }
     let pq = PathAndQuery::try_from(request.path_with_query.as_str()).map_err(|_| format!("invalid path {:?}", request.path_with_query))?;
-    let uri = Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|e| format!("invalid target: {e}"))?;
+    // Origin-form: the connection says which server this is.
+    let uri = Uri::from(pq);
     let mut headers = from_wit_headers(request.headers)?;
     contract.reapply(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
     if !request.body.is_empty() || !matches!(method, Method::GET | Method::HEAD) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(request.body.len()));
     }
-    if !headers.contains_key(header::HOST)
-        && let Some(h) = host
-    {
-        headers.insert(header::HOST, h.clone());
+    if !headers.contains_key(header::HOST) {
+        let h = match host {
+            Some(h) => h.clone(),
+            None => HeaderValue::from_str(upstream.authority.as_str()).map_err(|e| format!("invalid upstream host: {e}"))?,
+        };
+        headers.insert(header::HOST, h);
     }
     let mut req = http::Request::new(Full::new(Bytes::from(request.body)));
     *req.method_mut() = method;
