@@ -63,7 +63,9 @@ fn upstream_status_codes_pass_through() {
 fn oversized_upstream_headers_are_502() {
     let demo = Demo::start();
     let gw = Gateway::start(&demo, Setup::default());
-    gw.get_as("/api/areas/_demo/huge-headers", &token("1", None)).assert_error(502);
+    let resp = gw.get_as("/api/areas/_demo/huge-headers", &token("1", None));
+    resp.assert_error(502);
+    assert_eq!(resp.json()["error"], "upstream sent an invalid response", "{}", resp.text());
 }
 
 #[test]

@@ -66,10 +66,10 @@ struct Idle {
 pub enum UpstreamError {
     /// No connection could be made (refused, unreachable, connect timeout,
     /// name not resolved).
-    #[error("connect: {0}")]
+    #[error("connect")]
     Connect(#[source] io::Error),
     /// The connection broke or the response could not be parsed.
-    #[error(transparent)]
+    #[error("exchange")]
     Http(#[from] hyper::Error),
 }
 
