@@ -28,6 +28,7 @@ pub mod context;
 pub mod error;
 pub mod gateway;
 pub mod headers;
+pub mod logsink;
 pub mod path;
 mod pipeline;
 pub mod reload;

@@ -69,11 +69,8 @@ enum Command {
 /// Logs go to stdout through a background writer that batches lines (one
 /// `write(2)` per batch, not per request, like nginx's `access_log buffer=`).
 /// It applies backpressure instead of dropping lines; the guard flushes on exit.
-fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(stdout);
+fn init_logs(format: LogFormat) -> gatehouse::logsink::FlushGuard {
+    let (writer, guard) = gatehouse::logsink::BatchWriter::new(std::io::stdout());
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
