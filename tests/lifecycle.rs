@@ -227,3 +227,16 @@ fn grace_period_bounds_the_drain() {
     let status = gw.proc.wait_exit(Duration::from_secs(5)).expect("the grace period ends the drain");
     assert!(status.success());
 }
+
+#[test]
+fn human_logs_to_a_pipe_carry_no_colour_codes() {
+    let demo = Demo::start();
+    let (_dir, config) = write_config(&demo, &Setup::default());
+    let mut cmd = gatehouse_cmd();
+    cmd.arg("--config").arg(&config).args(["serve", "--workers", "1"]);
+    let (proc, lines) = Proc::spawn(cmd, |l| l.contains("listening"));
+    let text = lines.join("\n");
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in logs written to a pipe: {text:?}");
+    drop(proc);
+}

@@ -45,7 +45,7 @@ impl Drop for Proc {
 
 impl Proc {
     /// Spawns `cmd`, collecting stdout lines; returns once `ready` matches a line.
-    fn spawn(mut cmd: Command, ready: impl Fn(&str) -> bool) -> (Proc, Vec<String>) {
+    pub fn spawn(mut cmd: Command, ready: impl Fn(&str) -> bool) -> (Proc, Vec<String>) {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn");
         let lines = Arc::new(Mutex::new(Vec::new()));
