@@ -1,18 +1,23 @@
 //! The upstream HTTP/1.1 client: one pool of kept-alive connections per
 //! upstream, over hyper's connection-level API.
 //!
-//! A request takes the most recently used idle connection that is still open
-//! and ready (LIFO keeps the working set small and warm), or opens a new one
+//! A request takes the most recently used idle connection that is open and
+//! ready (LIFO keeps the working set small and warm), or opens a new one
 //! (connect timeout, `TCP_NODELAY`, keepalive probes). The connection goes
-//! back to the pool when its response body has been read to the end; a
-//! response dropped early, an upgrade, or a broken exchange closes it
-//! instead. A request that a reused connection closed before sending it is
-//! retried once on a new connection, as any client must (the upstream may
-//! close an idle connection at any moment).
+//! back to the pool when its response body has been read to the end, or is
+//! dropped (a client that went away): one hyper could not finish reading is
+//! never ready again, so no request takes it, and it is closed. Upgrades and
+//! broken exchanges are not pooled; idle connections are closed after
+//! `pool_idle_timeout`.
+//!
+//! The upstream may close an idle connection at any moment (its own
+//! keep-alive timeout). A request that meets such a connection before it
+//! went out is sent on a new one; one that went out just as the connection
+//! closed is sent again only if it is idempotent and has no body.
 //!
 //! This replaces hyper-util's legacy client, which for every HTTP/1 request
-//! raced a lazy connect against the checkout, hashed its pool key twice and
-//! spawned a task to wait for the connection to become idle again.
+//! raced a lazy connect against the pool checkout and spawned a task to wait
+//! for the connection to become idle again.
 
 use std::collections::HashMap;
 use std::io;
@@ -235,14 +240,17 @@ impl Inner {
 
     /// Closes idle connections past the pool's idle timeout, every half of
     /// it, while the client lives. Started on the first return to the pool
-    /// (inside the runtime).
+    /// made inside a runtime.
     fn start_reaper(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if self.reaper_started.swap(true, Ordering::Relaxed) {
             return;
         }
         let weak = Arc::downgrade(self);
         let every = (self.pool_idle_timeout / 2).max(Duration::from_millis(100));
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
