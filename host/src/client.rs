@@ -48,7 +48,8 @@ pub struct UpstreamClient {
 }
 
 struct Inner {
-    hosts: Mutex<HashMap<(Scheme, Authority), Arc<Host>>>,
+    /// Keyed by host and port alone: every upstream is `http://`.
+    hosts: Mutex<HashMap<Authority, Arc<Host>>>,
     connect_timeout: Duration,
     pool_idle_timeout: Duration,
     max_idle_per_host: usize,
@@ -193,13 +194,13 @@ enum SendFailure {
 impl Inner {
     fn host(&self, upstream: &Upstream) -> Arc<Host> {
         let mut hosts = self.hosts.lock().expect("pool lock");
-        if let Some(host) = hosts.get(&(upstream.scheme.clone(), upstream.authority.clone())) {
+        if let Some(host) = hosts.get(&upstream.authority) {
             return host.clone();
         }
         let host = Arc::new(Host {
             idle: Mutex::new(Vec::new()),
         });
-        hosts.insert((upstream.scheme.clone(), upstream.authority.clone()), host.clone());
+        hosts.insert(upstream.authority.clone(), host.clone());
         host
     }
 
