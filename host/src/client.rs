@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -102,11 +102,16 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `req` (origin-form target, `Host` set) to `upstream` and waits for
-    /// the response head. The body streams from the connection afterwards.
+    /// Sends `req` (origin-form target) to `upstream` and waits for the
+    /// response head; a request without `Host` gets the upstream's authority.
+    /// The body streams from the connection afterwards.
     pub async fn request(&self, upstream: &Upstream, req: Request<GatewayBody>) -> Result<Response<PooledBody>, UpstreamError> {
         let host = self.inner.host(upstream);
         let mut req = req;
+        if !req.headers().contains_key(http::header::HOST) {
+            let authority = HeaderValue::from_str(upstream.authority.as_str()).expect("an authority is a valid header value");
+            req.headers_mut().insert(http::header::HOST, authority);
+        }
         if let Some(sender) = host.checkout(self.inner.pool_idle_timeout) {
             let replay = replayable(&req);
             match self.send(&host, sender, req).await {

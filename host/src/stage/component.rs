@@ -115,7 +115,7 @@ pub async fn run(ctx: &mut RequestCtx, gw: &Gateway, snapshot: &Snapshot, req: R
             Ok(Handled::Respond(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())))
         }
         Action::Forward(req) => {
-            let req = to_http(req, &contract, ctx.host.as_ref(), &route.upstream).map_err(|why| bad_result("forward", why))?;
+            let req = to_http(req, &contract, ctx.host.as_ref()).map_err(|why| bad_result("forward", why))?;
             Ok(Handled::Forward(req))
         }
     }

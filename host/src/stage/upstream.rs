@@ -40,13 +40,10 @@ where
             parts.headers.remove(header::CONTENT_LENGTH);
         }
     }
-    if !parts.headers.contains_key(header::HOST) {
-        let host = match &ctx.host {
-            Some(host) => host.clone(),
-            None => HeaderValue::from_str(route.upstream.authority.as_str())
-                .map_err(|e| GatewayError::Internal(format!("upstream host: {e}")))?,
-        };
-        parts.headers.insert(header::HOST, host);
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(host) = &ctx.host
+    {
+        parts.headers.insert(header::HOST, host.clone());
     }
     // Origin-form: the connection already says which server this is.
     let pq = parts

@@ -48,7 +48,7 @@ impl Outbound {
         if request.body.len() as u64 > self.max_body {
             return Err(SendError::InvalidRequest("request body over the plugin body limit".into()));
         }
-        let req = to_http(request, &self.contract, self.host.as_ref(), &upstream).map_err(SendError::InvalidRequest)?;
+        let req = to_http(request, &self.contract, self.host.as_ref()).map_err(SendError::InvalidRequest)?;
         let sent = self
             .client
             .request(&upstream, req.map(|b| b.map_err(|never| match never {}).boxed_unsync()));
@@ -105,14 +105,9 @@ pub fn from_wit_headers(pairs: Vec<(String, String)>) -> Result<HeaderMap, Strin
     Ok(map)
 }
 
-/// A plugin's request as an HTTP request to `upstream`, with the identity
+/// A plugin's request as an HTTP request (origin-form) for its upstream, with the identity
 /// contract re-applied and framing derived from the body.
-pub fn to_http(
-    request: Request,
-    contract: &Contract,
-    host: Option<&HeaderValue>,
-    upstream: &Upstream,
-) -> Result<http::Request<Full<Bytes>>, String> {
+pub fn to_http(request: Request, contract: &Contract, host: Option<&HeaderValue>) -> Result<http::Request<Full<Bytes>>, String> {
     let method = Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
     if !request.path_with_query.starts_with('/') {
         return Err(format!("path {:?} must start with /", request.path_with_query));
@@ -126,12 +121,10 @@ pub fn to_http(
     if !request.body.is_empty() || !matches!(method, Method::GET | Method::HEAD) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(request.body.len()));
     }
-    if !headers.contains_key(header::HOST) {
-        let h = match host {
-            Some(h) => h.clone(),
-            None => HeaderValue::from_str(upstream.authority.as_str()).map_err(|e| format!("invalid upstream host: {e}"))?,
-        };
-        headers.insert(header::HOST, h);
+    if !headers.contains_key(header::HOST)
+        && let Some(h) = host
+    {
+        headers.insert(header::HOST, h.clone());
     }
     let mut req = http::Request::new(Full::new(Bytes::from(request.body)));
     *req.method_mut() = method;
