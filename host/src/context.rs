@@ -10,12 +10,33 @@ use crate::auth::Identity;
 use crate::config::Route;
 use crate::error::{GatewayError, Source};
 
+/// The client end of a connection: worked out once per connection, not per
+/// request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// In `trusted_proxies`: its forwarding headers are kept.
+    pub trusted: bool,
+    /// The address as an `X-Forwarded-For` element (an IPv4-mapped IPv6
+    /// address reads as IPv4).
+    pub forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, trusted: bool) -> Self {
+        let text = addr.ip().to_canonical().to_string();
+        Peer {
+            addr,
+            trusted,
+            forwarded_for: HeaderValue::from_str(&text).expect("an IP address is a valid header value"),
+        }
+    }
+}
+
 /// What the stages know about the request in hand.
 pub struct RequestCtx {
     pub started: Instant,
-    pub peer: SocketAddr,
-    /// The peer is in `trusted_proxies`: its forwarding headers are kept.
-    pub trusted_peer: bool,
+    pub peer: Arc<Peer>,
     /// Checked to be visible ASCII, so `request_id()` never fails.
     pub request_id: HeaderValue,
     pub method: Method,
@@ -32,11 +53,10 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(peer: SocketAddr, trusted_peer: bool, method: Method, raw_path: &str) -> Self {
+    pub fn new(peer: Arc<Peer>, method: Method, raw_path: &str) -> Self {
         RequestCtx {
             started: Instant::now(),
             peer,
-            trusted_peer,
             request_id: HeaderValue::from_static(""),
             method,
             path: raw_path.to_string(),
@@ -63,5 +83,22 @@ impl RequestCtx {
     /// Records a failure for the log line.
     pub fn fail(&mut self, err: &GatewayError) {
         self.error = Some((err.source(), err.detail()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_reads_as_its_plain_address() {
+        let v4 = Peer::new("192.0.2.7:5000".parse().unwrap(), false);
+        assert_eq!(v4.forwarded_for, "192.0.2.7");
+        // An IPv4 client on a dual-stack socket is shown as IPv4.
+        let mapped = Peer::new("[::ffff:192.0.2.7]:5000".parse().unwrap(), true);
+        assert_eq!(mapped.forwarded_for, "192.0.2.7");
+        assert!(mapped.trusted);
+        let v6 = Peer::new("[2001:db8::1]:5000".parse().unwrap(), false);
+        assert_eq!(v6.forwarded_for, "2001:db8::1");
     }
 }

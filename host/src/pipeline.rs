@@ -6,13 +6,13 @@
 //! → echo request id → log
 //! ```
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
-use crate::context::RequestCtx;
+use crate::context::{Peer, RequestCtx};
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::snapshot::Snapshot;
@@ -22,8 +22,8 @@ use crate::stage::component::Handled;
 impl Gateway {
     /// Handles one request from a client connection. Never fails: every error
     /// becomes a response carrying the request id.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
-        let mut ctx = RequestCtx::new(peer, self.is_trusted(peer.ip()), req.method().clone(), req.uri().path());
+    pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<GatewayBody> {
+        let mut ctx = RequestCtx::new(peer, req.method().clone(), req.uri().path());
         stage::request_id::assign(&mut ctx, req.headers());
         let snapshot = self.snapshot();
         let mut resp = match self.run(&snapshot, &mut ctx, req).await {
@@ -48,7 +48,15 @@ impl Gateway {
         stage::route::resolve(ctx, &snapshot.router, &mut req)?;
         stage::authenticate::run(ctx, req.headers(), &self.verifier).await?;
         stage::identity::apply(ctx, req.headers_mut())?;
-        match stage::component::run(ctx, self, snapshot, req).await? {
+        // Boxed, and only on plugin routes: the plugin call's future is large,
+        // and inline it would make every request's future (moved and boxed
+        // per request) that large too.
+        let handled = if ctx.route()?.plugin.is_some() {
+            Box::pin(stage::component::run(ctx, self, snapshot, req)).await?
+        } else {
+            Handled::Native(req)
+        };
+        match handled {
             Handled::Native(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
             Handled::Forward(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
             Handled::Respond(resp) => Ok(resp),

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::admin;
 use crate::config::ServerConfig;
+use crate::context::Peer;
 use crate::gateway::Gateway;
 use crate::reload;
 
@@ -70,10 +71,12 @@ pub async fn run(gw: Arc<Gateway>, listener: TcpListener, admin: TcpListener, sh
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
+        let client = Arc::new(Peer::new(peer, gw.is_trusted(peer.ip())));
         let service = service_fn(move |req| {
             let gw = gw.clone();
+            let client = client.clone();
             // Boxed: the handler future is ~2.5 KB, and hyper moves it per request.
-            let handling = Box::pin(async move { gw.handle(req, peer).await });
+            let handling = Box::pin(async move { gw.handle(req, client).await });
             async move { Ok::<_, Infallible>(handling.await) }
         });
         let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());

@@ -12,14 +12,15 @@ use crate::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
 
 pub fn apply(ctx: &RequestCtx, h: &mut HeaderMap) -> Result<(), GatewayError> {
     let route = ctx.route()?;
-    let trusted = ctx.trusted_peer;
+    let trusted = ctx.peer.trusted;
     // Strip first: hop-by-hop, whatever `Connection:` names, forged identity.
     headers::strip_request(h, trusted);
     if !route.forward_token {
         h.remove(header::AUTHORIZATION);
     }
 
-    // Then set, from verified values only.
+    // Then set, from verified values only (room for them all at once).
+    h.reserve(8);
     if let Some(id) = ctx.identity.as_ref().filter(|_| route.auth != AuthMode::Public) {
         h.insert(X_USER_ID, value(&id.sub));
         if let Some(tier) = &id.tier {
@@ -28,15 +29,12 @@ pub fn apply(ctx: &RequestCtx, h: &mut HeaderMap) -> Result<(), GatewayError> {
     }
     // `insert` replaces every client copy.
     h.insert(X_REQUEST_ID, ctx.request_id.clone());
-    let peer = ctx.peer.ip().to_canonical().to_string();
+    let peer = &ctx.peer.forwarded_for;
     let chain = match trusted.then(|| joined(h, &X_FORWARDED_FOR)).flatten() {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer,
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.to_str().unwrap_or_default())).unwrap_or_else(|_| peer.clone()),
+        None => peer.clone(),
     };
-    h.insert(
-        X_FORWARDED_FOR,
-        HeaderValue::from_str(&chain).unwrap_or_else(|_| value(&ctx.peer.ip().to_string())),
-    );
+    h.insert(X_FORWARDED_FOR, chain);
     if !(trusted && h.contains_key(X_FORWARDED_PROTO)) {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
