@@ -101,8 +101,10 @@ pub fn classify(name: &HeaderName) -> Class {
 /// Removes, in one pass, every header for which `doomed` is true. Most
 /// requests have nothing to remove, so this usually costs one scan and no
 /// allocation.
-fn remove_where(headers: &mut HeaderMap, mut doomed: impl FnMut(&HeaderName) -> bool) {
-    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName, &ConnectionNamed) -> bool) {
+    let named = ConnectionNamed::of(headers);
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n, &named)).cloned().collect();
+    drop(named);
     for name in names {
         headers.remove(&name);
     }
@@ -118,38 +120,48 @@ fn client_may_not_send(name: &HeaderName, keep_forwarding: bool) -> bool {
     }
 }
 
-/// The fields a `Connection:` header names (RFC 9110 §7.6.1), except framing
-/// and `Host`, which are never the client's to drop.
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| !NEVER_CONNECTION_NAMED.contains(name))
-        .collect()
+/// The fields a `Connection:` header names (RFC 9110 §7.6.1), as tokens
+/// borrowed from its values: no header names are built per request.
+struct ConnectionNamed<'a>(Vec<&'a str>);
+
+impl<'a> ConnectionNamed<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        ConnectionNamed(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|token| !token.is_empty())
+                .collect(),
+        )
+    }
+
+    /// True when `name` is named, except framing and `Host`, which are never
+    /// the sender's to drop.
+    fn contains(&self, name: &HeaderName) -> bool {
+        !self.0.is_empty() && !NEVER_CONNECTION_NAMED.contains(name) && self.0.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+    }
 }
 
 /// Removes every header a client may not send. Forwarding headers survive only
 /// when `keep_forwarding` (the peer is a trusted proxy). Used for trailers.
 pub fn strip_client_identity(headers: &mut HeaderMap, keep_forwarding: bool) {
-    remove_where(headers, |name| client_may_not_send(name, keep_forwarding));
+    remove_where(headers, |name, _| client_may_not_send(name, keep_forwarding));
 }
 
 /// Removes hop-by-hop fields and every field named in `Connection:` (RFC 9110
 /// §7.6.1), except framing and `Host`. Used on upstream responses.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named = connection_named(headers);
-    remove_where(headers, |name| HOP_BY_HOP.contains(name) || named.contains(name));
+    remove_where(headers, |name, named| HOP_BY_HOP.contains(name) || named.contains(name));
 }
 
 /// Everything the request stage strips, in one pass: hop-by-hop fields, those
 /// named in `Connection:`, and every header a client may not send. Runs before
 /// the gateway sets its own headers, so `Connection:` can never remove them.
 pub fn strip_request(headers: &mut HeaderMap, keep_forwarding: bool) {
-    let named = connection_named(headers);
-    remove_where(headers, |name| {
+    remove_where(headers, |name, named| {
         HOP_BY_HOP.contains(name) || named.contains(name) || client_may_not_send(name, keep_forwarding)
     });
 }
