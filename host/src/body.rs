@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::Sleep;
 
 use crate::headers::strip_client_identity;
@@ -21,6 +21,11 @@ pub type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxErro
 /// A complete in-memory body.
 pub fn full(bytes: Bytes) -> GatewayBody {
     Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body. Costs no allocation: the boxed body has no size.
+pub fn empty() -> GatewayBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// The request body ended early because it passed the route's cap.

@@ -19,7 +19,6 @@
 //! raced a lazy connect against the pool checkout and spawned a task to wait
 //! for the connection to become idle again.
 
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +33,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 
 use crate::body::GatewayBody;
@@ -49,7 +49,8 @@ pub struct UpstreamClient {
 
 struct Inner {
     /// Keyed by host and port alone: every upstream is `http://`.
-    hosts: Mutex<HashMap<Authority, Arc<Host>>>,
+    /// Fx-hashed: looked up on every request, and the keys are our own config.
+    hosts: Mutex<FxHashMap<Authority, Arc<Host>>>,
     connect_timeout: Duration,
     pool_idle_timeout: Duration,
     max_idle_per_host: usize,
@@ -89,7 +90,7 @@ impl UpstreamClient {
     pub fn new(cfg: &UpstreamConfig) -> Self {
         UpstreamClient {
             inner: Arc::new(Inner {
-                hosts: Mutex::new(HashMap::new()),
+                hosts: Mutex::new(FxHashMap::default()),
                 connect_timeout: cfg.connect_timeout,
                 pool_idle_timeout: cfg.pool_idle_timeout,
                 max_idle_per_host: cfg.pool_max_idle_per_host,
@@ -128,7 +129,9 @@ impl UpstreamClient {
                 },
             }
         }
-        let sender = self.inner.connect(upstream).await?;
+        // Boxed: a connect's future is large and rare; inline it would grow
+        // every request's future.
+        let sender = Box::pin(self.inner.connect(upstream)).await?;
         match self.send(&host, sender, req).await {
             Ok(resp) => Ok(resp),
             Err(SendFailure::NotSent(_, e) | SendFailure::Sent(e)) => Err(e.into()),
@@ -173,7 +176,7 @@ fn replayable(req: &Request<GatewayBody>) -> Option<Request<GatewayBody>> {
     if !req.method().is_idempotent() || !req.body().is_end_stream() {
         return None;
     }
-    let mut again = Request::new(crate::body::full(Bytes::new()));
+    let mut again = Request::new(crate::body::empty());
     *again.method_mut() = req.method().clone();
     *again.uri_mut() = req.uri().clone();
     *again.version_mut() = req.version();

@@ -189,7 +189,7 @@ impl Verifier {
         let header = parse_header(token)?;
         if let (Some(kid), Some(src)) = (&header.kid, &self.jwks)
             && !self.keys.load().knows_kid(kid)
-            && let Some(fresh) = src.refetch().await
+            && let Some(fresh) = Box::pin(src.refetch()).await
         {
             self.install(fresh);
         }

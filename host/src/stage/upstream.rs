@@ -54,9 +54,15 @@ where
     parts.uri = Uri::from(pq);
     parts.version = Version::HTTP_11;
 
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let body = RequestBody::new(body, route.max_body, exceeded.clone()).boxed_unsync();
-    let sent = up.request(&route.upstream, Request::from_parts(parts, body));
+    // A request without a body (most GETs) needs no size guard.
+    let exceeded = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+    let body = match &exceeded {
+        Some(flag) => RequestBody::new(body, route.max_body, flag.clone()).boxed_unsync(),
+        None => crate::body::empty(),
+    };
+    // Pinned in place: the timeout then wraps a pointer, not a copy of the
+    // exchange's future.
+    let sent = std::pin::pin!(up.request(&route.upstream, Request::from_parts(parts, body)));
     let resp = match tokio::time::timeout(up.first_byte_timeout, sent).await {
         Err(_) => {
             return Err(GatewayError::UpstreamTimeout(format!(
@@ -64,7 +70,9 @@ where
                 route.upstream.authority, up.first_byte_timeout
             )));
         }
-        Ok(Err(e)) if exceeded.load(Ordering::Relaxed) || caused_by::<BodyTooLarge>(&e) => return Err(GatewayError::PayloadTooLarge),
+        Ok(Err(e)) if exceeded.is_some_and(|f| f.load(Ordering::Relaxed)) || caused_by::<BodyTooLarge>(&e) => {
+            return Err(GatewayError::PayloadTooLarge);
+        }
         Ok(Err(e)) => return Err(classify(&e, route.upstream.authority.as_str())),
         Ok(Ok(resp)) => resp,
     };
