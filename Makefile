@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test build plugins lint bench bench-plugins bench-reload
+.PHONY: run test build plugins lint bench bench-instructions bench-plugins bench-reload
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -23,6 +23,11 @@ plugins:
 # Gateway vs nginx vs the bare upstream, interleaved (see README.md).
 bench:
 	./bench/run.sh
+
+# User-space instructions per proxied request, Gatehouse vs nginx (valgrind;
+# exact on a noisy host).
+bench-instructions:
+	./bench/instructions.sh
 
 # The hello plugin route vs a native route vs `wasmtime serve` (see README).
 bench-plugins:

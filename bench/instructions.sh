@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request, counted by valgrind
+# (callgrind): Gatehouse (HS256 auth, the full header contract) and nginx
+# proxy_pass (the same headers set), in front of the same upstream.
+#
+# Instruction counts do not depend on what else the machine is doing, so
+# this tells a 2 % change apart where CPU-time benchmarks on a noisy host
+# cannot. It counts user space only (the kernel's share of a request,
+# about two thirds here, is the same for both). One request at a time over
+# one kept-alive connection, after a warm-up.
+#
+#   bench/instructions.sh            # 3000 requests each
+#   REQUESTS=10000 bench/instructions.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-3000}
+UP_PORT=18190 NGINX_PORT=18191 GH_PORT=18192
+
+. bench/lib.sh
+need nginx nginx-light
+need valgrind valgrind
+need curl curl
+ports_free $UP_PORT $NGINX_PORT $GH_PORT 19911
+
+cargo build --release -p gatehouse --bin gatehouse --quiet
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat > "$work/upstream.conf" <<EOF
+worker_processes 1; master_process off; daemon off;
+pid $work/upstream.pid; error_log $work/upstream.err warn;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $work/u-body; proxy_temp_path $work/u-proxy;
+  server { listen 127.0.0.1:$UP_PORT; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
+EOF
+cat > "$work/proxy.conf" <<EOF
+worker_processes 1; master_process off; daemon off;
+pid $work/proxy.pid; error_log $work/proxy.err warn;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $work/p-body; proxy_temp_path $work/p-proxy;
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 16; }
+  server { listen 127.0.0.1:$NGINX_PORT; keepalive_requests 1000000;
+    location / {
+      proxy_pass http://up; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_set_header Host \$host;
+      proxy_set_header X-User-ID "42"; proxy_set_header X-User-Tier "pro";
+      proxy_set_header X-Forwarded-Host \$host; proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Request-ID \$request_id; add_header X-Request-ID \$request_id;
+    } } }
+EOF
+mkdir -p "$work/routes" "$work/plugins"
+cat > "$work/routes/bench.toml" <<EOF
+service = "bench-upstream"
+upstream = "http://127.0.0.1:$UP_PORT"
+
+[[route]]
+prefix = "/api"
+auth = "required"
+EOF
+# Few plugin slots: valgrind cannot reserve the default pool's address space.
+cat > "$work/gatehouse.toml" <<EOF
+[server]
+listen = "127.0.0.1:$GH_PORT"
+admin = "127.0.0.1:19911"
+routes_dir = "routes"
+
+[plugins]
+max_instances = 2
+EOF
+
+export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret GATEHOUSE_LOG=warn
+TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)
+nginx -c "$work/upstream.conf" & pids+=($!)
+
+# name port command... → instructions per request
+count() {
+  local name=$1 port=$2 vg code
+  shift 2
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/$name.cg" "$@" >"$work/$name.log" 2>&1 &
+  vg=$!; pids+=($vg)
+  for _ in $(seq 120); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/bench" || true)
+    [ "$code" = 200 ] && break
+    sleep 0.5
+  done
+  [ "$code" = 200 ] || { echo "$name did not answer 200 (got $code); see $work/$name.log" >&2; exit 1; }
+  curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/bench?warm=[1-300]"
+  callgrind_control -i on "$vg" >/dev/null 2>&1
+  codes=$(curl -s -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/bench?n=[1-$REQUESTS]" | sort | uniq -c)
+  callgrind_control -i off "$vg" >/dev/null 2>&1
+  callgrind_control -d "$vg" >/dev/null 2>&1
+  kill "$vg"; wait "$vg" 2>/dev/null || true
+  grep -qv ' 200$' <<<"$codes" && { echo "$name: not every answer was 200: $codes" >&2; exit 1; }
+  # The dump (…cg.1) holds exactly the instrumented requests.
+  callgrind_annotate "$work/$name.cg".1 2>/dev/null | awk -v n="$REQUESTS" '/PROGRAM TOTALS/ {gsub(",", "", $1); printf "%.0f\n", $1 / n}' >"$work/$name.per"
+  printf '  %-18s %8s instructions per request\n' "$name" "$(cat "$work/$name.per")"
+}
+
+echo "instructions: $REQUESTS requests, one kept-alive connection, user space only"
+count nginx-proxy_pass $NGINX_PORT nginx -c "$work/proxy.conf"
+count gatehouse $GH_PORT ./target/release/gatehouse --config "$work/gatehouse.toml" serve --workers 1
+awk -v g="$(cat "$work/gatehouse.per")" -v n="$(cat "$work/nginx-proxy_pass.per")" 'BEGIN {printf "gatehouse / nginx: %.2f× the instructions per request\n", g / n}'
