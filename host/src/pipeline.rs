@@ -48,15 +48,7 @@ impl Gateway {
         stage::route::resolve(ctx, &snapshot.router, &mut req)?;
         stage::authenticate::run(ctx, req.headers(), &self.verifier).await?;
         stage::identity::apply(ctx, req.headers_mut())?;
-        // Boxed, and only on plugin routes: the plugin call's future is large,
-        // and inline it would make every request's future (moved and boxed
-        // per request) that large too.
-        let handled = if ctx.route()?.plugin.is_some() {
-            Box::pin(stage::component::run(ctx, self, snapshot, req)).await?
-        } else {
-            Handled::Native(req)
-        };
-        match handled {
+        match stage::component::run(ctx, self, snapshot, req).await? {
             Handled::Native(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
             Handled::Forward(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
             Handled::Respond(resp) => Ok(resp),

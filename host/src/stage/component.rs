@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
-use crate::config::AuthMode;
+use crate::config::{AuthMode, RoutePlugin};
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -40,6 +40,18 @@ pub async fn run(ctx: &mut RequestCtx, gw: &Gateway, snapshot: &Snapshot, req: R
     let Some(rp) = ctx.route()?.plugin.clone() else {
         return Ok(Handled::Native(req));
     };
+    // Boxed: the plugin call's future is large, and inline it would make
+    // every request's future (boxed and moved per request) that large too.
+    Box::pin(call_plugin(ctx, gw, snapshot, rp, req)).await
+}
+
+async fn call_plugin(
+    ctx: &mut RequestCtx,
+    gw: &Gateway,
+    snapshot: &Snapshot,
+    rp: Arc<RoutePlugin>,
+    req: Request<Incoming>,
+) -> Result<Handled, GatewayError> {
     let route = ctx.route()?.clone();
     ctx.plugin = Some(rp.name.as_str().into());
     let plugin = snapshot.plugins.get(&rp.name).map_err(GatewayError::PluginUnavailable)?.clone();
