@@ -52,15 +52,7 @@ http { access_log off; client_body_temp_path $work/p-body; proxy_temp_path $work
       proxy_set_header X-Request-ID \$request_id; add_header X-Request-ID \$request_id;
     } } }
 EOF
-mkdir -p "$work/routes" "$work/plugins"
-cat > "$work/routes/bench.toml" <<EOF
-service = "bench-upstream"
-upstream = "http://127.0.0.1:$UP_PORT"
-
-[[route]]
-prefix = "/api"
-auth = "required"
-EOF
+bench_routes $UP_PORT
 # Few plugin slots: valgrind cannot reserve the default pool's address space.
 cat > "$work/gatehouse.toml" <<EOF
 [server]

@@ -16,6 +16,22 @@ ports_free() { # port...
   done
 }
 
+# The routes folder every bench gateway serves: one prefix, `/api`, with
+# HS256 auth required, in front of the upstream on 127.0.0.1:$1. Also an empty
+# plugins folder, as in a normal deployment: with none, a gateway would watch
+# for one to appear, and wake on every write in its folder.
+bench_routes() { # upstream-port
+  mkdir -p "$work/routes" "$work/plugins"
+  cat > "$work/routes/bench.toml" <<EOF
+service = "bench-upstream"
+upstream = "http://127.0.0.1:$1"
+
+[[route]]
+prefix = "/api"
+auth = "required"
+EOF
+}
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # One measurement: name url pid ("-" for none) → prints a line and appends

@@ -69,17 +69,7 @@ nginx_conf proxy $NGINX_PORT \
       add_header X-Request-ID $request_id;
     }'
 
-# An empty plugins folder, as in a normal deployment: with none, each gateway
-# would watch this folder for one to appear, and wake on every access-log write.
-mkdir -p "$work/routes" "$work/plugins"
-cat > "$work/routes/bench.toml" <<EOF
-service = "bench-upstream"
-upstream = "http://127.0.0.1:$UP_PORT"
-
-[[route]]
-prefix = "/api"
-auth = "required"
-EOF
+bench_routes $UP_PORT
 gh_conf() { # name port admin-port
   cat > "$work/$1.toml" <<EOF
 [server]
