@@ -19,6 +19,7 @@
 //!   admin    /healthz /readyz /admin/{routes,plugins,reload,reloads} on a separate listener
 //! ```
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod body;

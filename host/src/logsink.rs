@@ -67,6 +67,11 @@ pub struct FlushGuard {
 }
 
 impl BatchWriter {
+    /// Appends whole lines (the access log's fast path).
+    pub fn append(&self, lines: &[u8]) {
+        self.shared.append(lines);
+    }
+
     /// Starts the writer thread for `out`.
     pub fn new<W: Write + Send + 'static>(out: W) -> (BatchWriter, FlushGuard) {
         let shared = Arc::new(Shared {

@@ -74,6 +74,14 @@ fn init_logs(format: LogFormat) -> gatehouse::logsink::FlushGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| "info".into());
     // Colours only for a terminal: a file or a log collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // Access lines are formatted by `gatehouse::access` into the same writer.
+    gatehouse::access::install(
+        writer.clone(),
+        match format {
+            LogFormat::Human => gatehouse::access::Format::Human { ansi },
+            LogFormat::Json => gatehouse::access::Format::Json,
+        },
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -3,9 +3,13 @@
 
 use http::Response;
 
+use crate::access::{self, Value};
 use crate::context::RequestCtx;
 
 pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>) {
+    if !tracing::enabled!(target: access::TARGET, tracing::Level::INFO) {
+        return;
+    }
     let route = ctx.route.as_ref();
     let status = resp.status().as_u16();
     let latency_us = ctx.started.elapsed().as_micros() as u64;
@@ -14,8 +18,25 @@ pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>) {
         Some((s, d)) => (Some(s.as_str()), Some(d.as_str())),
         None => (None, None),
     };
+    let written = access::write(&[
+        ("request_id", Some(Value::Str(ctx.request_id()))),
+        ("method", Some(Value::Plain(ctx.method.as_str()))),
+        ("path", Some(Value::Plain(&ctx.path))),
+        ("route", route.map(|r| Value::Str(r.prefix.as_str()))),
+        ("service", route.map(|r| Value::Str(&r.service))),
+        ("upstream", route.map(|r| Value::Str(r.upstream.authority.as_str()))),
+        ("user", user.map(Value::Str)),
+        ("plugin", ctx.plugin.as_deref().map(Value::Str)),
+        ("status", Some(Value::Num(u64::from(status)))),
+        ("latency_us", Some(Value::Num(latency_us))),
+        ("error_source", source.map(Value::Str)),
+        ("error", detail.map(Value::Str)),
+    ]);
+    if written {
+        return;
+    }
     tracing::info!(
-        target: "gatehouse::access",
+        target: access::TARGET,
         request_id = ctx.request_id(),
         method = %ctx.method,
         path = %ctx.path,
