@@ -11,6 +11,7 @@
 #
 #   bench/instructions.sh            # 3000 requests each
 #   REQUESTS=10000 bench/instructions.sh
+#   GATEHOUSE_LOG=info bench/instructions.sh   # with the access log on
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,7 +65,7 @@ routes_dir = "routes"
 max_instances = 2
 EOF
 
-export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret GATEHOUSE_LOG=warn
+export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret GATEHOUSE_LOG=${GATEHOUSE_LOG:-warn}
 TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)
 nginx -c "$work/upstream.conf" & pids+=($!)
 
