@@ -5,8 +5,9 @@
 //! third of a proxied request's user-space work; this costs a few hundred.
 //!
 //! tracing still decides whether the line is wanted, so `GATEHOUSE_LOG`
-//! directives (`gatehouse::access=off`) keep working. Without an installed
-//! sink (the library used on its own) the line goes through tracing.
+//! directives (`gatehouse::access=off`) keep working. The binary installs
+//! the sink with its log writer; without one (the library used on its own,
+//! as the benches do) access lines are not written.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -44,10 +45,10 @@ pub enum Value<'a> {
 }
 
 /// Writes one access line with `fields` (a `None` value leaves the field
-/// out, as tracing does). False when no sink is installed.
-pub fn write(fields: &[(&str, Option<Value<'_>>)]) -> bool {
+/// out, as tracing does), if a sink is installed.
+pub fn write(fields: &[(&str, Option<Value<'_>>)]) {
     let Some((writer, format)) = SINK.get() else {
-        return false;
+        return;
     };
     thread_local! {
         static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
@@ -58,7 +59,6 @@ pub fn write(fields: &[(&str, Option<Value<'_>>)]) -> bool {
         format_line(&mut line, *format, SystemTime::now(), fields);
         writer.append(line.as_bytes());
     });
-    true
 }
 
 fn format_line(out: &mut String, format: Format, now: SystemTime, fields: &[(&str, Option<Value<'_>>)]) {

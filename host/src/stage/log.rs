@@ -18,7 +18,7 @@ pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>) {
         Some((s, d)) => (Some(s.as_str()), Some(d.as_str())),
         None => (None, None),
     };
-    let written = access::write(&[
+    access::write(&[
         ("request_id", Some(Value::Str(ctx.request_id()))),
         ("method", Some(Value::Plain(ctx.method.as_str()))),
         ("path", Some(Value::Plain(&ctx.path))),
@@ -32,23 +32,4 @@ pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>) {
         ("error_source", source.map(Value::Str)),
         ("error", detail.map(Value::Str)),
     ]);
-    if written {
-        return;
-    }
-    tracing::info!(
-        target: access::TARGET,
-        request_id = ctx.request_id(),
-        method = %ctx.method,
-        path = %ctx.path,
-        route = route.map(|r| r.prefix.as_str()),
-        service = route.map(|r| &*r.service),
-        upstream = route.map(|r| r.upstream.authority.as_str()),
-        user,
-        plugin = ctx.plugin.as_deref(),
-        status,
-        latency_us,
-        error_source = source,
-        error = detail,
-        "request"
-    );
 }
