@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response, Version, header};
+use http::{Request, Response, Version, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 
@@ -28,17 +28,12 @@ where
     let route = ctx.route()?.clone();
     let (mut parts, body) = req.into_parts();
 
-    // Framing is re-derived from the body: a request that declared both
-    // Content-Length and Transfer-Encoding can never reach the service that way.
-    // (Transfer-Encoding is hop-by-hop: the identity stage removed it.)
-    match body.size_hint().exact() {
-        Some(len) if len > route.max_body => return Err(GatewayError::PayloadTooLarge),
-        Some(len) if len > 0 || !matches!(parts.method, http::Method::GET | http::Method::HEAD) => {
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        }
-        _ => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
+    // Framing is re-derived from the body by the client: a request that
+    // declared both Content-Length and Transfer-Encoding can never reach the
+    // service that way. (Transfer-Encoding is hop-by-hop: the identity stage
+    // removed it.)
+    if body.size_hint().exact().is_some_and(|len| len > route.max_body) {
+        return Err(GatewayError::PayloadTooLarge);
     }
     if !parts.headers.contains_key(header::HOST)
         && let Some(host) = &ctx.host
@@ -94,14 +89,12 @@ fn classify(err: &UpstreamError, upstream: &str) -> GatewayError {
     let timed_out = chain(err)
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
-    let bad_response = chain(err)
-        .filter_map(|e| e.downcast_ref::<hyper::Error>())
-        .any(|h| h.is_parse() || h.is_parse_too_large() || h.is_parse_status());
+    let bad_response = err.is_bad_response() || matches!(err, UpstreamError::Truncated);
     let detail = chain(err).map(ToString::to_string).collect::<Vec<_>>().join(": ");
     let detail = format!("{upstream}: {detail}");
     if timed_out {
         GatewayError::UpstreamTimeout(detail)
-    } else if bad_response && !err.is_connect() {
+    } else if bad_response {
         GatewayError::UpstreamBadResponse(detail)
     } else {
         GatewayError::UpstreamUnavailable(detail)

@@ -1,0 +1,275 @@
+//! HTTP/1.1 on the wire to an upstream: the request head written, the
+//! response head parsed and its framing decided (RFC 9112 §6.3).
+
+use std::mem::MaybeUninit;
+
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+/// Response header fields beyond this many make the response malformed (as
+/// hyper's client does).
+const MAX_HEADERS: usize = 128;
+
+/// Writes the request head: origin-form target, the headers as they are,
+/// `Transfer-Encoding: chunked` when the body's length is unknown.
+pub fn encode_head(buf: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, chunked: bool) {
+    buf.extend_from_slice(method.as_str().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(target.as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Read until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request after this response.
+    pub keep_alive: bool,
+    /// Bytes of the buffer the head took.
+    pub len: usize,
+}
+
+/// Why a response head was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed response head: {0}")]
+    Malformed(#[from] httparse::Error),
+    #[error("response head larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("invalid or conflicting Content-Length")]
+    ContentLength,
+    #[error("invalid header field")]
+    Field,
+}
+
+/// Parses a response head from the start of `buf`: `None` until it is whole.
+/// `method` is the request's (a response to HEAD has no body); heads longer
+/// than `max` are refused.
+pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head>, HeadError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots)? {
+        httparse::Status::Partial if buf.len() >= max => return Err(HeadError::TooLarge(max)),
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(len) if len > max => return Err(HeadError::TooLarge(max)),
+        httparse::Status::Complete(len) => len,
+    };
+    let status = StatusCode::from_u16(resp.code.expect("a complete head has a status")).map_err(|_| HeadError::Field)?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Field)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Field)?;
+        headers.append(name, value);
+    }
+    let mut keep_alive = match version {
+        Version::HTTP_10 => has_token(&headers, CONNECTION, "keep-alive"),
+        _ => !has_token(&headers, CONNECTION, "close"),
+    };
+    let no_body =
+        method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if no_body {
+        Framing::Empty
+    } else if headers.contains_key(TRANSFER_ENCODING) {
+        // Transfer-Encoding overrides Content-Length; a response carrying
+        // both may have been made to smuggle, so its connection ends with it.
+        if headers.contains_key(CONTENT_LENGTH) {
+            keep_alive = false;
+        }
+        if last_coding_is_chunked(&headers) && version == Version::HTTP_11 {
+            Framing::Chunked
+        } else {
+            keep_alive = false;
+            Framing::Close
+        }
+    } else if headers.contains_key(CONTENT_LENGTH) {
+        Framing::Length(content_length(&headers)?)
+    } else {
+        keep_alive = false;
+        Framing::Close
+    };
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+        len,
+    }))
+}
+
+/// Every `Content-Length` value (repeated fields, comma lists) must be the
+/// same number.
+fn content_length(headers: &HeaderMap) -> Result<u64, HeadError> {
+    let mut found = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| HeadError::ContentLength)?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HeadError::ContentLength);
+            }
+            let n: u64 = part.parse().map_err(|_| HeadError::ContentLength)?;
+            if found.is_some_and(|f| f != n) {
+                return Err(HeadError::ContentLength);
+            }
+            found = Some(n);
+        }
+    }
+    found.ok_or(HeadError::ContentLength)
+}
+
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() else {
+        return false;
+    };
+    let Ok(text) = last.to_str() else { return false };
+    text.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Parses a chunk-size line (`1a2b;ext=1`) from `line` (without CRLF).
+pub fn chunk_size(line: &[u8]) -> Option<u64> {
+    let end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
+    let (digits, rest) = line.split_at(end);
+    if digits.is_empty() || digits.len() > 15 {
+        return None;
+    }
+    let rest = rest.trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+/// Parses a trailer section (after the last chunk, up to and including the
+/// empty line): `None` until it is whole.
+pub fn parse_trailers(buf: &[u8], max: usize) -> Result<Option<(usize, HeaderMap)>, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    match httparse::parse_headers(buf, &mut slots)? {
+        httparse::Status::Partial if buf.len() >= max => Err(HeadError::TooLarge(max)),
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete((len, fields)) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for h in fields {
+                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Field)?;
+                let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Field)?;
+                map.append(name, value);
+            }
+            Ok(Some((len, map)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Head {
+        parse_head(raw.as_bytes(), &Method::GET, 64 << 10).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_request_head_is_written_in_origin_form() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("up.test"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let mut buf = Vec::new();
+        encode_head(&mut buf, &Method::POST, "/p?q=1", &headers, true);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: up.test\r\nx-a: 1\r\nx-a: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!((h.framing, h.keep_alive, h.len), (Framing::Length(3), true, 38));
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(3));
+        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
+        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false), "TE wins, the connection ends");
+        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        let h = parse("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(0), false));
+        let h = parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
+        assert_eq!((h.version, h.keep_alive), (Version::HTTP_10, false));
+        let h = parse("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        for empty in [
+            "HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\n\r\n",
+        ] {
+            assert_eq!(parse(empty).framing, Framing::Empty);
+        }
+        let head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &Method::HEAD, 1024);
+        assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        let bad = |raw: &str| parse_head(raw.as_bytes(), &Method::GET, 256).is_err();
+        assert!(bad("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"));
+        assert!(bad("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"));
+        assert!(bad("HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n"));
+        assert!(bad("HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n"));
+        assert!(bad("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n"), "obsolete line folding");
+        assert!(bad("NOTHTTP 200 OK\r\n\r\n"));
+        assert!(bad(&format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(300))), "over the limit");
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX: a", &Method::GET, 256).unwrap().is_none());
+    }
+
+    #[test]
+    fn chunk_sizes_and_trailers() {
+        assert_eq!(chunk_size(b"1a"), Some(26));
+        assert_eq!(chunk_size(b"0;ext=1"), Some(0));
+        assert_eq!(chunk_size(b"A ; x"), Some(10));
+        for bad in [&b""[..], b"g", b"-1", b"1 2", b"1234567890abcdef"] {
+            assert_eq!(chunk_size(bad), None, "{bad:?}");
+        }
+        let (len, map) = parse_trailers(b"X-Sum: 1\r\n\r\nrest", 1024).unwrap().unwrap();
+        assert_eq!((len, map["x-sum"].as_bytes()), (12, &b"1"[..]));
+        assert!(parse_trailers(b"X-Sum: 1\r\n", 1024).unwrap().is_none());
+    }
+}
