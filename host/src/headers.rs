@@ -157,6 +157,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, |name, named| HOP_BY_HOP.contains(name) || named.contains(name));
 }
 
+/// True when a field read off the wire (`name` in any case) is specific to
+/// its connection and never forwarded: hop-by-hop, or named by one of the
+/// `connection` values (RFC 9110 §7.6.1), except framing and `Host`. Lets
+/// the upstream client drop such fields before it builds a header map.
+pub fn is_connection_specific(name: &str, connection: &[&[u8]]) -> bool {
+    if HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)) {
+        return true;
+    }
+    !connection.is_empty()
+        && !NEVER_CONNECTION_NAMED.iter().any(|h| h.as_str().eq_ignore_ascii_case(name))
+        && connection
+            .iter()
+            .flat_map(|v| v.split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+}
+
 /// Everything the request stage strips, in one pass: hop-by-hop fields, those
 /// named in `Connection:`, and every header a client may not send. Runs before
 /// the gateway sets its own headers, so `Connection:` can never remove them.
@@ -218,6 +234,27 @@ mod tests {
             h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn connection_specific_fields_read_off_the_wire() {
+        let connection: &[&[u8]] = &[b"keep-alive, X-Trace", b" close"];
+        for name in [
+            "Connection",
+            "keep-alive",
+            "Transfer-Encoding",
+            "upgrade",
+            "x-trace",
+            "X-TRACE",
+            "close",
+        ] {
+            assert!(is_connection_specific(name, connection), "{name}");
+        }
+        for name in ["content-length", "Host", "x-tracer", "content-type"] {
+            assert!(!is_connection_specific(name, connection), "{name}");
+        }
+        assert!(!is_connection_specific("content-length", &[b"content-length"]));
+        assert!(!is_connection_specific("x-trace", &[]));
     }
 
     #[test]

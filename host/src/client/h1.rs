@@ -3,8 +3,9 @@
 
 use std::mem::MaybeUninit;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+use crate::headers::is_connection_specific;
 
 /// Response header fields beyond this many make the response malformed (as
 /// hyper's client does).
@@ -84,34 +85,64 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
+    let fields: &[httparse::Header<'_>] = resp.headers;
+
+    // Framing facts first, off the raw fields.
+    let (mut connection, mut length, mut transfer_encoding) = (Vec::new(), None, None);
+    for h in fields {
+        if h.name.eq_ignore_ascii_case("connection") {
+            connection.push(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            length = Some(merge_length(length, h.value)?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last field's last coding decides.
+            transfer_encoding = Some(h.value);
+        }
+    }
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    // A proxy forwards end-to-end fields only; a switch of protocols keeps
+    // them all for whoever tunnels it.
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for h in fields {
+        if !upgrade && is_connection_specific(h.name, &connection) {
+            continue;
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Field)?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Field)?;
         headers.append(name, value);
     }
+    let has_token = |token: &str| {
+        connection
+            .iter()
+            .flat_map(|v| v.split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    };
     let mut keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, CONNECTION, "keep-alive"),
-        _ => !has_token(&headers, CONNECTION, "close"),
+        Version::HTTP_10 => has_token("keep-alive"),
+        _ => !has_token("close"),
     };
     let no_body =
         method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Empty
-    } else if headers.contains_key(TRANSFER_ENCODING) {
+    } else if let Some(codings) = transfer_encoding {
         // Transfer-Encoding overrides Content-Length; a response carrying
         // both may have been made to smuggle, so its connection ends with it.
-        if headers.contains_key(CONTENT_LENGTH) {
+        if length.is_some() {
             keep_alive = false;
         }
-        if last_coding_is_chunked(&headers) && version == Version::HTTP_11 {
+        let chunked = codings
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if chunked && version == Version::HTTP_11 {
             Framing::Chunked
         } else {
             keep_alive = false;
             Framing::Close
         }
-    } else if headers.contains_key(CONTENT_LENGTH) {
-        Framing::Length(content_length(&headers)?)
+    } else if let Some(n) = length {
+        Framing::Length(n)
     } else {
         keep_alive = false;
         Framing::Close
@@ -126,42 +157,22 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
     }))
 }
 
-/// Every `Content-Length` value (repeated fields, comma lists) must be the
-/// same number.
-fn content_length(headers: &HeaderMap) -> Result<u64, HeadError> {
-    let mut found = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| HeadError::ContentLength)?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(HeadError::ContentLength);
-            }
-            let n: u64 = part.parse().map_err(|_| HeadError::ContentLength)?;
-            if found.is_some_and(|f| f != n) {
-                return Err(HeadError::ContentLength);
-            }
-            found = Some(n);
+/// Adds one `Content-Length` field to what the earlier ones said: every
+/// value (repeated fields, comma lists) must be the same number.
+fn merge_length(found: Option<u64>, value: &[u8]) -> Result<u64, HeadError> {
+    let mut found = found;
+    for part in value.split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return Err(HeadError::ContentLength);
         }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return Err(HeadError::ContentLength);
+        }
+        found = Some(n);
     }
     found.ok_or(HeadError::ContentLength)
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    let Some(last) = headers.get_all(TRANSFER_ENCODING).iter().next_back() else {
-        return false;
-    };
-    let Ok(text) = last.to_str() else { return false };
-    text.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Parses a chunk-size line (`1a2b;ext=1`) from `line` (without CRLF).
@@ -245,6 +256,19 @@ mod tests {
         }
         let head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &Method::HEAD, 1024);
         assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
+    }
+
+    #[test]
+    fn only_end_to_end_fields_are_kept_except_on_a_switch_of_protocols() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Trace\r\nKeep-Alive: timeout=5\r\nX-Trace: 1\r\n\
+             Transfer-Encoding: chunked\r\nProxy-Authenticate: Basic\r\nContent-Type: text/plain\r\nX-Tracer: 2\r\n\r\n",
+        );
+        let names: Vec<&str> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-tracer"]);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
+        let h = parse("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(h.headers.len(), 2);
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! a body channel (about a third of the gateway's instructions per request,
 //! measured with `bench/instructions.sh`). Here the request's own task
 //! writes the head, reads the response and streams the body, as Pingora
-//! does. The wire format lives in [`h1`].
+//! does. The wire format lives in [`h1`]; responses come without
+//! hop-by-hop fields (but for a 101, whose tunnel needs them).
 
 mod body;
 mod conn;

@@ -1,8 +1,8 @@
 //! Stage: upstream. Sends the request to the route's service over the pooled
 //! client, streaming the body both ways: declared bodies over the route's cap
 //! get 413 before connecting, streamed ones when they cross it; connection
-//! failures are 502, timeouts 504; hop-by-hop fields are removed from the
-//! response.
+//! failures are 502, timeouts 504. The client leaves hop-by-hop fields out
+//! of the response.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -18,7 +18,6 @@ use crate::body::{BodyTooLarge, BoxError, GatewayBody, IdleBody, RequestBody};
 use crate::client::{UpstreamClient, UpstreamError};
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::headers::strip_hop_by_hop;
 
 pub async fn forward<B>(ctx: &RequestCtx, req: Request<B>, up: &UpstreamClient) -> Result<Response<GatewayBody>, GatewayError>
 where
@@ -71,8 +70,8 @@ where
         Ok(Err(e)) => return Err(classify(&e, route.upstream.authority.as_str())),
         Ok(Ok(resp)) => resp,
     };
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    // The client already left out hop-by-hop fields.
+    let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, IdleBody::new(body, up.idle_timeout).boxed_unsync()))
 }
 
