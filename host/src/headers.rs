@@ -165,12 +165,16 @@ pub fn is_connection_specific(name: &str, connection: &[&[u8]]) -> bool {
     if HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)) {
         return true;
     }
-    !connection.is_empty()
-        && !NEVER_CONNECTION_NAMED.iter().any(|h| h.as_str().eq_ignore_ascii_case(name))
-        && connection
-            .iter()
-            .flat_map(|v| v.split(|b| *b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    !connection.is_empty() && !NEVER_CONNECTION_NAMED.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)) && names(connection, name)
+}
+
+/// True when one of the `connection` values (raw `Connection:` fields)
+/// lists `token`, in any case.
+pub fn names(connection: &[&[u8]], token: &str) -> bool {
+    connection
+        .iter()
+        .flat_map(|v| v.split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Everything the request stage strips, in one pass: hop-by-hop fields, those

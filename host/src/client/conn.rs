@@ -2,7 +2,7 @@
 //! connection task, no channels): the request head and body written, the
 //! response head read, the body read by [`super::body::PooledBody`].
 
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -124,8 +124,8 @@ impl Sending {
             match frame.into_data() {
                 Ok(data) if data.is_empty() => {}
                 Ok(data) if self.chunked => {
-                    let size = format!("{:x}\r\n", data.len());
-                    conn.wbuf.extend_from_slice(size.as_bytes());
+                    // Into the buffer directly: no string per chunk.
+                    write!(conn.wbuf, "{:x}\r\n", data.len()).expect("writing to a Vec never fails");
                     conn.wbuf.extend_from_slice(&data);
                     conn.wbuf.extend_from_slice(b"\r\n");
                 }
@@ -137,12 +137,7 @@ impl Sending {
                     // Trailers go out only where chunked framing can carry them.
                     if let (true, Ok(trailers)) = (self.chunked, frame.into_trailers()) {
                         conn.wbuf.extend_from_slice(b"0\r\n");
-                        for (name, value) in &trailers {
-                            conn.wbuf.extend_from_slice(name.as_str().as_bytes());
-                            conn.wbuf.extend_from_slice(b": ");
-                            conn.wbuf.extend_from_slice(value.as_bytes());
-                            conn.wbuf.extend_from_slice(b"\r\n");
-                        }
+                        h1::encode_fields(&mut conn.wbuf, &trailers);
                         conn.wbuf.extend_from_slice(b"\r\n");
                         ready!(conn.poll_flush_out(cx)).map_err(SendBodyError::Io)?;
                         return Poll::Ready(Ok(()));

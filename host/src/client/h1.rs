@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
-use crate::headers::is_connection_specific;
+use crate::headers::{self, is_connection_specific};
 
 /// Response header fields beyond this many make the response malformed (as
 /// hyper's client does).
@@ -18,16 +18,21 @@ pub fn encode_head(buf: &mut Vec<u8>, method: &Method, target: &str, headers: &H
     buf.push(b' ');
     buf.extend_from_slice(target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    encode_fields(buf, headers);
+    if chunked {
+        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Writes field lines (`name: value` CRLF), for a head or a trailer section.
+pub fn encode_fields(buf: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
         buf.extend_from_slice(b"\r\n");
     }
-    if chunked {
-        buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    buf.extend_from_slice(b"\r\n");
 }
 
 /// How a response body is delimited.
@@ -107,19 +112,11 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
         if !upgrade && is_connection_specific(h.name, &connection) {
             continue;
         }
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Field)?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Field)?;
-        headers.append(name, value);
+        append_field(&mut headers, h)?;
     }
-    let has_token = |token: &str| {
-        connection
-            .iter()
-            .flat_map(|v| v.split(|b| *b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    };
     let mut keep_alive = match version {
-        Version::HTTP_10 => has_token("keep-alive"),
-        _ => !has_token("close"),
+        Version::HTTP_10 => headers::names(&connection, "keep-alive"),
+        _ => !headers::names(&connection, "close"),
     };
     let no_body =
         method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -175,6 +172,14 @@ fn merge_length(found: Option<u64>, value: &[u8]) -> Result<u64, HeadError> {
     found.ok_or(HeadError::ContentLength)
 }
 
+/// Appends a field read off the wire, checked.
+fn append_field(map: &mut HeaderMap, h: &httparse::Header<'_>) -> Result<(), HeadError> {
+    let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Field)?;
+    let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Field)?;
+    map.append(name, value);
+    Ok(())
+}
+
 /// Parses a chunk-size line (`1a2b;ext=1`) from `line` (without CRLF).
 pub fn chunk_size(line: &[u8]) -> Option<u64> {
     let end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
@@ -199,9 +204,7 @@ pub fn parse_trailers(buf: &[u8], max: usize) -> Result<Option<(usize, HeaderMap
         httparse::Status::Complete((len, fields)) => {
             let mut map = HeaderMap::with_capacity(fields.len());
             for h in fields {
-                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Field)?;
-                let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Field)?;
-                map.append(name, value);
+                append_field(&mut map, h)?;
             }
             Ok(Some((len, map)))
         }
