@@ -12,6 +12,7 @@
 #   bench/instructions.sh            # 3000 requests each
 #   REQUESTS=10000 bench/instructions.sh
 #   GATEHOUSE_LOG=info bench/instructions.sh   # with the access log on
+#   KEEP=/tmp/cg bench/instructions.sh   # keep the profiles for callgrind_annotate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,11 @@ ports_free $UP_PORT $NGINX_PORT $GH_PORT 19911
 cargo build --release -p gatehouse --bin gatehouse --quiet
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.cg.1 "$KEEP"/ 2>/dev/null || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 cat > "$work/upstream.conf" <<EOF

@@ -32,6 +32,11 @@ fn main() {
     assert!(wasm.is_file(), "{} missing: run `make plugins` first", wasm.display());
     let mut config = Config::load(None).expect("default config");
     config.plugins.cache_dir = repo.join("target/bench-plugin-cache");
+    // Under valgrind (which cannot reserve the full pool's address space):
+    // `PLUGIN_BENCH_INSTANCES=2 valgrind --tool=callgrind ...`.
+    if let Some(n) = std::env::var("PLUGIN_BENCH_INSTANCES").ok().and_then(|v| v.parse().ok()) {
+        config.plugins.max_instances = n;
+    }
     let runtime = Runtime::new(&config.plugins).expect("runtime");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let plugin = Arc::new(
