@@ -69,15 +69,19 @@ fn oversized_upstream_headers_are_502() {
 }
 
 #[test]
-fn hop_by_hop_response_headers_are_removed() {
+fn hop_by_hop_and_internal_response_headers_are_removed() {
     let demo = Demo::start();
     let gw = Gateway::start(&demo, Setup::default());
     let resp = gw.get_as("/api/areas/_demo/hop-by-hop", &token("1", None));
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-demo-end-to-end"), Some("kept"));
-    for gone in ["x-demo-hop", "keep-alive", "proxy-authenticate"] {
+    for gone in ["x-demo-hop", "keep-alive", "proxy-authenticate", "server"] {
         assert!(resp.header(gone).is_none(), "{gone} passed through");
     }
+    // One `Date`, the gateway's own, not the upstream's.
+    let dates = resp.headers_named("date");
+    assert_eq!(dates.len(), 1, "{:?}", resp.headers);
+    assert!(!dates[0].contains("1970"), "the upstream's Date passed through: {}", dates[0]);
     assert!(
         resp.headers_named("connection").iter().all(|v| v.eq_ignore_ascii_case("close")),
         "{:?}",

@@ -56,6 +56,12 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// True when `name` (any case) is one of [`HOP_BY_HOP`]. Most names are
+/// rejected by their length alone, without comparing any bytes.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(name.len(), 2 | 7 | 10 | 16..=19) && HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(name))
+}
+
 /// Fields a `Connection:` option must never remove: message framing and the
 /// target are ours to decide.
 static NEVER_CONNECTION_NAMED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
@@ -84,6 +90,11 @@ pub enum Class {
 /// Classifies a header name.
 pub fn classify(name: &HeaderName) -> Class {
     let name = name.as_str();
+    // Every name below starts with `x` or `f` (header names are lower case),
+    // so most names are told apart by their first byte.
+    if !matches!(name.as_bytes().first(), Some(b'x' | b'f')) {
+        return Class::Other;
+    }
     // Underscore look-alikes of forwarding headers are never legitimate, even
     // from a trusted proxy: treat them as forged identity.
     let lookalike = name.contains('_');
@@ -154,7 +165,7 @@ pub fn strip_client_identity(headers: &mut HeaderMap, keep_forwarding: bool) {
 /// Removes hop-by-hop fields and every field named in `Connection:` (RFC 9110
 /// §7.6.1), except framing and `Host`. Used on upstream responses.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    remove_where(headers, |name, named| HOP_BY_HOP.contains(name) || named.contains(name));
+    remove_where(headers, |name, named| is_hop_by_hop(name.as_str()) || named.contains(name));
 }
 
 /// True when a field read off the wire (`name` in any case) is specific to
@@ -162,7 +173,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `connection` values (RFC 9110 §7.6.1), except framing and `Host`. Lets
 /// the upstream client drop such fields before it builds a header map.
 pub fn is_connection_specific(name: &str, connection: &[&[u8]]) -> bool {
-    if HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)) {
+    if is_hop_by_hop(name) {
         return true;
     }
     !connection.is_empty() && !NEVER_CONNECTION_NAMED.iter().any(|h| h.as_str().eq_ignore_ascii_case(name)) && names(connection, name)
@@ -177,12 +188,29 @@ pub fn names(connection: &[&[u8]], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// True for an upstream response field the gateway does not pass on, as
+/// nginx does not by default: `Server` names the service's internal stack,
+/// and `Date` is the gateway's to set (hyper dates every response).
+pub fn is_hidden_upstream(name: &str) -> bool {
+    matches!(name.len(), 4 | 6) && (name.eq_ignore_ascii_case("date") || name.eq_ignore_ascii_case("server"))
+}
+
+/// True when every token of the `connection` values is one of `tokens` (any
+/// case); true for no values at all.
+pub fn names_only(connection: &[&[u8]], tokens: &[&str]) -> bool {
+    connection
+        .iter()
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .all(|t| t.is_empty() || tokens.iter().any(|k| t.eq_ignore_ascii_case(k.as_bytes())))
+}
+
 /// Everything the request stage strips, in one pass: hop-by-hop fields, those
 /// named in `Connection:`, and every header a client may not send. Runs before
 /// the gateway sets its own headers, so `Connection:` can never remove them.
 pub fn strip_request(headers: &mut HeaderMap, keep_forwarding: bool) {
     remove_where(headers, |name, named| {
-        HOP_BY_HOP.contains(name) || named.contains(name) || client_may_not_send(name, keep_forwarding)
+        is_hop_by_hop(name.as_str()) || named.contains(name) || client_may_not_send(name, keep_forwarding)
     });
 }
 
@@ -231,6 +259,26 @@ pub fn value(text: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_only_sees_every_token() {
+        let ok = ["close", "keep-alive"];
+        assert!(names_only(&[], &ok));
+        assert!(names_only(&[b"Keep-Alive", b" close , "], &ok));
+        assert!(!names_only(&[b"keep-alive, x-secret"], &ok));
+        assert!(!names_only(&[b"close", b"x-secret"], &ok));
+    }
+
+    #[test]
+    fn hop_by_hop_names_pass_the_length_filter_in_any_case() {
+        for h in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(h.as_str()), "{h}");
+            assert!(is_hop_by_hop(&h.as_str().to_ascii_uppercase()), "{h}");
+        }
+        for other in ["content-type", "content-length", "date", "server", "tee", "upgrades", "keep-alive2"] {
+            assert!(!is_hop_by_hop(other), "{other}");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -168,6 +168,10 @@ async fn handle(service: &'static str, peer: SocketAddr, req: Request<Incoming>)
             h.insert(header::PROXY_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"demo\""));
             h.insert("x-demo-hop", HeaderValue::from_static("must not pass"));
             h.insert("x-demo-end-to-end", HeaderValue::from_static("kept"));
+            // What the gateway does not pass on either: its own stack's name
+            // and its own clock (the gateway dates responses itself).
+            h.insert(header::SERVER, HeaderValue::from_static("demo-internal/1.0"));
+            h.insert(header::DATE, HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
             resp
         }
         "/_demo/reset" => {

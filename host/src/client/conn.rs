@@ -188,7 +188,12 @@ pub(super) async fn exchange(
             }
         }
         loop {
-            match h1::parse_head(&conn.rbuf, method, max_head) {
+            let parsed = if conn.rbuf.is_empty() {
+                Ok(None)
+            } else {
+                h1::parse_head(&conn.rbuf, method, max_head)
+            };
+            match parsed {
                 Err(e) => return Poll::Ready(Err(Failed::Other(UpstreamError::BadResponse(e)))),
                 // Interim responses (100 Continue, 103 Early Hints) are not
                 // passed on: the final one follows.

@@ -105,11 +105,18 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
         }
     }
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    // `close` and `keep-alive` (the usual values) name no field that is not
+    // hop-by-hop already: only other tokens need checking per field.
+    let named: &[&[u8]] = if headers::names_only(&connection, &["close", "keep-alive"]) {
+        &[]
+    } else {
+        &connection
+    };
     // A proxy forwards end-to-end fields only; a switch of protocols keeps
     // them all for whoever tunnels it.
     let mut headers = HeaderMap::with_capacity(fields.len());
     for h in fields {
-        if !upgrade && is_connection_specific(h.name, &connection) {
+        if !upgrade && (is_connection_specific(h.name, named) || headers::is_hidden_upstream(h.name)) {
             continue;
         }
         append_field(&mut headers, h)?;
