@@ -81,6 +81,14 @@ fn decode_segment(raw: &str, out: &mut String) -> Result<(), PathError> {
 /// Normalizes an absolute path (no query). The result starts with `/`, has no
 /// empty, `.` or `..` segments, and keeps a trailing slash if the input had one.
 pub fn normalize(path: &str) -> Result<String, PathError> {
+    if is_normal(path) {
+        return Ok(path.to_owned());
+    }
+    general(path)
+}
+
+/// [`normalize`] for any path: decodes and resolves segment by segment.
+fn general(path: &str) -> Result<String, PathError> {
     let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let mut segments: Vec<String> = Vec::new();
     let mut trailing_slash = false;
@@ -108,6 +116,27 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// True when `path` is already what [`normalize`] makes of it (the usual
+/// case): absolute, no escapes, backslashes or control bytes, no empty
+/// segment but a trailing one, no `.` or `..` segment. Checked in one pass
+/// with no allocation; the general path allocates per segment.
+fn is_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if rest.bytes().any(|b| matches!(b, b'%' | b'\\' | 0..=0x1f | 0x7f..)) {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if (seg.is_empty() && !last) || seg == "." || seg == ".." {
+            return false;
+        }
+    }
+    true
+}
+
 /// True when `path` lies under `prefix` on a segment boundary. Both must be
 /// normalized; `prefix` has no trailing slash (except the root `/`).
 pub fn under_prefix(path: &str, prefix: &str) -> bool {
@@ -121,6 +150,30 @@ pub fn under_prefix(path: &str, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path and the general one agree on every path built from
+    /// the pieces that matter (separators, dots, escapes, letters).
+    #[test]
+    fn fast_path_agrees_with_the_general_one() {
+        let pieces = ["/", "a", ".", "..", "%2e", "%41", "%2F", "\\", "b/", "//", "~", "%zz", "\t", "/."];
+        let (mut checked, mut normal) = (0, 0);
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    for d in ["", "/", "x", "/.."] {
+                        let path = format!("/{a}{b}{c}{d}");
+                        if is_normal(&path) {
+                            assert_eq!(general(&path), Ok(path.clone()), "{path}");
+                            normal += 1;
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000 && normal > 100, "{checked} paths, {normal} normal");
+        assert!(is_normal("/api/v1/users/") && is_normal("/") && !is_normal("") && !is_normal("/a//b"));
+    }
 
     #[test]
     fn plain_paths_are_unchanged() {

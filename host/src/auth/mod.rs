@@ -12,11 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
-use crate::headers::is_safe_value;
+use crate::headers::{is_safe_value, value};
 pub use jwks::JwksSource;
 use keys::KeySet;
 
@@ -34,6 +35,24 @@ pub struct Identity {
     pub exp: u64,
     /// Every claim, for handlers that need more than `sub` and `tier`.
     pub claims: Map<String, Value>,
+    /// `sub` and `tier` as header values, made once per token: a cached
+    /// token's identity headers cost a reference count, not a copy.
+    pub sub_header: HeaderValue,
+    pub tier_header: Option<HeaderValue>,
+}
+
+impl Identity {
+    /// `sub` and `tier` must already be header-safe ([`is_safe_value`]).
+    pub fn new(sub: String, tier: Option<String>, exp: u64, claims: Map<String, Value>) -> Identity {
+        Identity {
+            sub_header: value(&sub),
+            tier_header: tier.as_deref().map(value),
+            sub,
+            tier,
+            exp,
+            claims,
+        }
+    }
 }
 
 /// Why a token was refused. The text is safe to show the client.
@@ -132,7 +151,7 @@ fn identity(claims: Map<String, Value>) -> Result<Identity, AuthError> {
     };
     // jsonwebtoken has already checked that `exp` is present and numeric.
     let exp = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0) as u64;
-    Ok(Identity { sub, tier, exp, claims })
+    Ok(Identity::new(sub, tier, exp, claims))
 }
 
 fn now() -> u64 {

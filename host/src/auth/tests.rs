@@ -211,12 +211,7 @@ async fn cache_returns_the_same_identity_and_respects_exp() {
     let b = v.verify(&token).await.unwrap();
     assert!(Arc::ptr_eq(&a, &b), "second verification should be a cache hit");
     let cache = cache::TokenCache::new(10, 0);
-    let old = Arc::new(Identity {
-        sub: "x".into(),
-        tier: None,
-        exp: 100,
-        claims: Map::new(),
-    });
+    let old = Arc::new(Identity::new("x".into(), None, 100, Map::new()));
     cache.insert("t", old, 50);
     assert!(cache.get("t", 100).is_some());
     assert!(cache.get("t", 101).is_none(), "expired entries are not served");

@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderValue, header};
 use crate::config::AuthMode;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID, X_USER_ID, X_USER_TIER, value};
+use crate::headers::{self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID, X_USER_ID, X_USER_TIER};
 
 pub fn apply(ctx: &RequestCtx, h: &mut HeaderMap) -> Result<(), GatewayError> {
     let route = ctx.route()?;
@@ -22,9 +22,9 @@ pub fn apply(ctx: &RequestCtx, h: &mut HeaderMap) -> Result<(), GatewayError> {
     // Then set, from verified values only (room for them all at once).
     h.reserve(8);
     if let Some(id) = ctx.identity.as_ref().filter(|_| route.auth != AuthMode::Public) {
-        h.insert(X_USER_ID, value(&id.sub));
-        if let Some(tier) = &id.tier {
-            h.insert(X_USER_TIER, value(tier));
+        h.insert(X_USER_ID, id.sub_header.clone());
+        if let Some(tier) = &id.tier_header {
+            h.insert(X_USER_TIER, tier.clone());
         }
     }
     // `insert` replaces every client copy.
