@@ -13,10 +13,14 @@
 #   REQUESTS=10000 bench/instructions.sh
 #   GATEHOUSE_LOG=info bench/instructions.sh   # with the access log on
 #   KEEP=/tmp/cg bench/instructions.sh   # keep the profiles for callgrind_annotate
+#   CONNS=32 bench/instructions.sh       # under load: wrk, 32 connections, 10 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REQUESTS=${REQUESTS:-3000}
+# CONNS > 1: wrk keeps that many connections busy for DURATION seconds
+# instead (the instructions per request a loaded server runs).
+CONNS=${CONNS:-1} DURATION=${DURATION:-10}
 UP_PORT=18190 NGINX_PORT=18191 GH_PORT=18192
 
 . bench/lib.sh
@@ -88,17 +92,29 @@ count() {
   [ "$code" = 200 ] || { echo "$name did not answer 200 (got $code); see $work/$name.log" >&2; exit 1; }
   curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/bench?warm=[1-300]"
   callgrind_control -i on "$vg" >/dev/null 2>&1
-  codes=$(curl -s -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/bench?n=[1-$REQUESTS]" | sort | uniq -c)
+  local n=$REQUESTS
+  if [ "$CONNS" -gt 1 ]; then
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/bench")
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    codes=$(grep -q "Non-2xx" <<<"$out" && echo "non-2xx" || echo "$n 200")
+  else
+    codes=$(curl -s -o /dev/null -w '%{http_code}\n' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/bench?n=[1-$REQUESTS]" | sort | uniq -c)
+  fi
   callgrind_control -i off "$vg" >/dev/null 2>&1
   callgrind_control -d "$vg" >/dev/null 2>&1
   kill "$vg"; wait "$vg" 2>/dev/null || true
   grep -qv ' 200$' <<<"$codes" && { echo "$name: not every answer was 200: $codes" >&2; exit 1; }
   # The dump (…cg.1) holds exactly the instrumented requests.
-  callgrind_annotate "$work/$name.cg".1 2>/dev/null | awk -v n="$REQUESTS" '/PROGRAM TOTALS/ {gsub(",", "", $1); printf "%.0f\n", $1 / n}' >"$work/$name.per"
+  callgrind_annotate "$work/$name.cg".1 2>/dev/null | awk -v n="$n" '/PROGRAM TOTALS/ {gsub(",", "", $1); printf "%.0f\n", $1 / n}' >"$work/$name.per"
   printf '  %-18s %8s instructions per request\n' "$name" "$(cat "$work/$name.per")"
 }
 
-echo "instructions: $REQUESTS requests, one kept-alive connection, user space only"
+if [ "$CONNS" -gt 1 ]; then
+  need wrk wrk
+  echo "instructions: wrk, $CONNS connections for ${DURATION}s each, user space only"
+else
+  echo "instructions: $REQUESTS requests, one kept-alive connection, user space only"
+fi
 count nginx-proxy_pass $NGINX_PORT nginx -c "$work/proxy.conf"
 count gatehouse $GH_PORT ./target/release/gatehouse --config "$work/gatehouse.toml" serve --workers 1
 awk -v g="$(cat "$work/gatehouse.per")" -v n="$(cat "$work/nginx-proxy_pass.per")" 'BEGIN {printf "gatehouse / nginx: %.2f× the instructions per request\n", g / n}'

@@ -33,22 +33,24 @@ EOF
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 
 # One measurement: name url pid ("-" for none) → prints a line and appends
 # "name rps p99_us cpu_us_per_req" to $work/results.
 measure() {
-  local name=$1 url=$2 pid=$3 before=0 after=0 out rps p99 reqs cpu_us=- ticks
+  local name=$1 url=$2 pid=$3 before=0 after=0 sys_before=0 sys_after=0 out rps p99 reqs cpu_us=- sys_us=- ticks
   ticks=$(getconf CLK_TCK)
-  [ "$pid" = - ] || before=$(cpu_ticks "$pid")
+  [ "$pid" = - ] || { before=$(cpu_ticks "$pid"); sys_before=$(sys_ticks "$pid"); }
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Authorization: Bearer $TOKEN" "$url")
-  [ "$pid" = - ] || after=$(cpu_ticks "$pid")
+  [ "$pid" = - ] || { after=$(cpu_ticks "$pid"); sys_after=$(sys_ticks "$pid"); }
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else {sub(/s/,"",v); print v*1000000}}' <<<"$out")
   [ "$pid" = - ] || cpu_us=$(awk -v d=$((after - before)) -v t="$ticks" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1e6 / t / n}')
+  [ "$pid" = - ] || sys_us=$(awk -v d=$((sys_after - sys_before)) -v t="$ticks" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1e6 / t / n}')
   if grep -q "Non-2xx" <<<"$out"; then echo "  $name: non-2xx responses!" >&2; fi
   echo "$name $rps $p99 $cpu_us" >> "$work/results"
-  printf '  %-22s %10s req/s   p99 %8s µs   CPU %6s µs/req\n' "$name" "$rps" "$p99" "$cpu_us"
+  printf '  %-22s %10s req/s   p99 %8s µs   CPU %6s µs/req (kernel %s)\n' "$name" "$rps" "$p99" "$cpu_us" "$sys_us"
 }
 
 # Medians per name, then one ratio line per "label:a:b" argument (a over b).
