@@ -182,10 +182,12 @@ pub fn is_connection_specific(name: &str, connection: &[&[u8]]) -> bool {
 /// True when one of the `connection` values (raw `Connection:` fields)
 /// lists `token`, in any case.
 pub fn names(connection: &[&[u8]], token: &str) -> bool {
-    connection
-        .iter()
-        .flat_map(|v| v.split(|b| *b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    tokens(connection).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The tokens of raw `Connection:` values, trimmed (empty list items too).
+fn tokens<'a>(connection: &'a [&'a [u8]]) -> impl Iterator<Item = &'a [u8]> {
+    connection.iter().flat_map(|v| v.split(|b| *b == b',')).map(<[u8]>::trim_ascii)
 }
 
 /// True for an upstream response field the gateway does not pass on, as
@@ -195,14 +197,10 @@ pub fn is_hidden_upstream(name: &str) -> bool {
     matches!(name.len(), 4 | 6) && (name.eq_ignore_ascii_case("date") || name.eq_ignore_ascii_case("server"))
 }
 
-/// True when every token of the `connection` values is one of `tokens` (any
+/// True when every token of the `connection` values is one of `allowed` (any
 /// case); true for no values at all.
-pub fn names_only(connection: &[&[u8]], tokens: &[&str]) -> bool {
-    connection
-        .iter()
-        .flat_map(|v| v.split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .all(|t| t.is_empty() || tokens.iter().any(|k| t.eq_ignore_ascii_case(k.as_bytes())))
+pub fn names_only(connection: &[&[u8]], allowed: &[&str]) -> bool {
+    tokens(connection).all(|t| t.is_empty() || allowed.iter().any(|k| t.eq_ignore_ascii_case(k.as_bytes())))
 }
 
 /// Everything the request stage strips, in one pass: hop-by-hop fields, those
