@@ -63,8 +63,8 @@ impl Outbound {
             }
             Ok(Ok(resp)) => resp,
         };
+        // The client leaves hop-by-hop fields out as it reads the head.
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
         let body = match tokio::time::timeout(self.client.idle_timeout, Limited::new(body, limit).collect()).await {
             Err(_) => return Err(SendError::Timeout),
