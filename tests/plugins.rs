@@ -60,7 +60,8 @@ fn reached(resp: &Response, service: &str) -> bool {
 #[test]
 fn hello_answers_with_the_verified_caller_and_public_routes_have_none() {
     let demo = Demo::start();
-    let public = "service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n\n[[route]]\nprefix = \"/open/hello\"\nauth = \"public\"\nplugin = \"hello\"\n";
+    let public = "service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n\n[[route]]\nprefix = \"/open/hello\"\nauth = \"public\"\nplugin = \"hello\"\n\n\
+                  [[route]]\nprefix = \"/claims/hello\"\nauth = \"required\"\nplugin = \"hello\"\nclaims = [\"email\", \"roles\"]\n";
     let gw = Gateway::start(
         &demo,
         Setup {
@@ -96,6 +97,24 @@ fn hello_answers_with_the_verified_caller_and_public_routes_have_none() {
     let doc = resp.json();
     assert_eq!(doc["user_id"], Value::Null, "{doc}");
     assert_eq!(doc["message"], "hello, stranger", "{doc}");
+
+    // The template writes its JSON by hand: quotes and backslashes in the
+    // identity come out escaped, claims (non-ASCII too) as the JSON they are.
+    let tok = token_with(serde_json::json!({
+        "sub": "a\"b\\c", "tier": "pro", "email": "é@x.y", "roles": ["admin", {"n": 1}], "exp": now() + 600
+    }));
+    let resp = gw.get_as("/claims/hello?q=%22", &tok);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let doc = resp.json();
+    assert_eq!(doc["user_id"], "a\"b\\c", "{doc}");
+    assert_eq!(doc["message"], "hello, a\"b\\c", "{doc}");
+    assert_eq!(doc["tier"], "pro", "{doc}");
+    assert_eq!(
+        doc["claims"],
+        serde_json::json!({"email": "é@x.y", "roles": ["admin", {"n": 1}]}),
+        "{doc}"
+    );
+    assert_eq!(doc["path"], "/claims/hello?q=%22", "{doc}");
 }
 
 #[test]

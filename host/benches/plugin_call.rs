@@ -5,6 +5,9 @@
 //!
 //!   make plugins && cargo bench -p gatehouse --bench plugin_call
 //!
+//! `PLUGIN_BENCH_WASM=path/to/other.wasm` measures another build of `hello`
+//! (e.g. to compare two versions of the template).
+//!
 //! Prints the median and p90 over batches (no statistics crate needed).
 
 use std::collections::HashMap;
@@ -28,7 +31,7 @@ const PER_BATCH: usize = 2000;
 
 fn main() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = repo.join("plugins/hello.wasm");
+    let wasm = std::env::var_os("PLUGIN_BENCH_WASM").map_or_else(|| repo.join("plugins/hello.wasm"), Into::into);
     assert!(wasm.is_file(), "{} missing: run `make plugins` first", wasm.display());
     let mut config = Config::load(None).expect("default config");
     config.plugins.cache_dir = repo.join("target/bench-plugin-cache");

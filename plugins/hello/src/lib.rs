@@ -4,6 +4,10 @@
 //! Start a plugin of your own from this file: `handle` gets the caller the
 //! gateway verified (`None` on public routes), facts about the request, and
 //! the request; it returns `Action::Respond` or `Action::Forward`.
+//!
+//! Every request runs on a fresh instance, so a plugin's own work is paid on
+//! every request: this one writes its JSON into one buffer with `push_str`
+//! instead of `format!` (which costs several times more per call in wasm).
 
 wit_bindgen::generate!({ path: "../../wit", world: "route-handler" });
 
@@ -16,28 +20,40 @@ struct Hello;
 impl Guest for Hello {
     fn handle(caller: Option<Caller>, info: RequestInfo, request: Request) -> Action {
         let greeting = config::get("greeting").unwrap_or_else(|| "hello".to_string());
-        let body = match &caller {
-            Some(c) => format!(
-                r#"{{"message":{},"user_id":{},"tier":{},"claims":{{{}}},"path":{},"request_id":{}}}"#,
-                json(&format!("{greeting}, {}", c.user_id)),
-                json(&c.user_id),
-                c.tier.as_deref().map_or("null".to_string(), json),
-                c.claims
-                    .iter()
-                    .map(|(k, v)| format!("{}:{v}", json(k)))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                json(&request.path_with_query),
-                json(&info.request_id),
-            ),
-            None => format!(
-                r#"{{"message":{},"user_id":null,"path":{},"request_id":{}}}"#,
-                json(&format!("{greeting}, stranger")),
-                json(&request.path_with_query),
-                json(&info.request_id),
-            ),
-        };
-        log::write(log::Level::Debug, &format!("greeted {:?}", caller.as_ref().map(|c| &c.user_id)));
+        let mut body = String::with_capacity(160 + request.path_with_query.len());
+        body.push_str(r#"{"message":""#);
+        escape_into(&mut body, &greeting);
+        match &caller {
+            Some(c) => {
+                body.push_str(", ");
+                escape_into(&mut body, &c.user_id);
+                body.push_str(r#"","user_id":"#);
+                string_into(&mut body, &c.user_id);
+                body.push_str(r#","tier":"#);
+                match &c.tier {
+                    Some(tier) => string_into(&mut body, tier),
+                    None => body.push_str("null"),
+                }
+                // Claims arrive as (name, JSON text): the values are JSON already.
+                body.push_str(r#","claims":{"#);
+                for (i, (name, value)) in c.claims.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    string_into(&mut body, name);
+                    body.push(':');
+                    body.push_str(value);
+                }
+                body.push('}');
+                log::write(log::Level::Debug, &["greeted ", &c.user_id].concat());
+            }
+            None => body.push_str(r#", stranger","user_id":null"#),
+        }
+        body.push_str(r#","path":"#);
+        string_into(&mut body, &request.path_with_query);
+        body.push_str(r#","request_id":"#);
+        string_into(&mut body, &info.request_id);
+        body.push('}');
         Action::Respond(Response {
             status: 200,
             headers: vec![("content-type".into(), "application/json".into())],
@@ -46,20 +62,35 @@ impl Guest for Hello {
     }
 }
 
-/// A JSON string literal (the template stays dependency-free).
-fn json(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+/// Appends `s` as a JSON string literal (the template stays dependency-free).
+fn string_into(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    escape_into(out, s);
+    out.push('"');
+}
+
+/// Appends `s` escaped for the inside of a JSON string literal.
+fn escape_into(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut clean = 0; // start of the run of bytes that need no escape
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0..0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[clean..i]);
+        if escaped.is_empty() {
+            out.push_str("\\u00");
+            out.push(HEX[usize::from(b >> 4)].into());
+            out.push(HEX[usize::from(b & 0xf)].into());
+        } else {
+            out.push_str(escaped);
         }
+        clean = i + 1;
     }
-    out.push('"');
-    out
+    out.push_str(&s[clean..]);
 }
 
 export!(Hello);
