@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test build plugins lint bench bench-instructions bench-plugins bench-reload
+.PHONY: run test build plugins lint bench bench-instructions bench-plugins bench-reload pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -19,6 +19,10 @@ build: plugins
 # the test plugins (plugins/testing/) left in plugins/target/ for the tests.
 plugins:
 	./scripts/build-plugins.sh
+
+# The profile-guided production build: target/pgo/release/gatehouse (see README.md).
+pgo: plugins
+	./bench/pgo.sh
 
 # Gateway vs nginx vs the bare upstream, interleaved (see README.md).
 bench:

@@ -9,19 +9,26 @@
 #
 #   bench/run.sh                 # 3 rounds × 10 s per target
 #   ROUNDS=5 DURATION=20 CONNS=64 bench/run.sh
+#   PGO=1 bench/run.sh           # also the profile-guided build of bench/pgo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
-UP_PORT=18090 NGINX_PORT=18091 GH_PORT=18092 GH_LOG_PORT=18093
+UP_PORT=18090 NGINX_PORT=18091 GH_PORT=18092 GH_LOG_PORT=18093 GH_PGO_PORT=18094
+PGO=${PGO:-}
+PGO_BIN=target/pgo/release/gatehouse
 
 . bench/lib.sh
 need nginx nginx-light
 need wrk wrk
 need taskset util-linux
 ports_free $UP_PORT $NGINX_PORT $GH_PORT $GH_LOG_PORT 19901 19902
+if [ -n "$PGO" ] && [ ! -x "$PGO_BIN" ]; then
+  echo "$PGO_BIN missing: run bench/pgo.sh first" >&2; exit 1
+fi
+[ -z "$PGO" ] || ports_free $GH_PGO_PORT 19903
 
 cargo build --release --workspace --quiet
 work=$(mktemp -d)
@@ -80,6 +87,7 @@ EOF
 }
 gh_conf gatehouse $GH_PORT 19901
 gh_conf gatehouse-log $GH_LOG_PORT 19902
+gh_conf gatehouse-pgo $GH_PGO_PORT 19903
 
 export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret
 TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)
@@ -88,23 +96,40 @@ taskset -c 1 nginx -c "$work/upstream.conf" & pids+=($!)
 taskset -c 0 nginx -c "$work/proxy.conf" & pids+=($!); nginx_pid=$!
 GATEHOUSE_LOG=warn taskset -c 0 ./target/release/gatehouse --config "$work/gatehouse.toml" serve --workers 1 >"$work/gh.log" 2>&1 & pids+=($!); gh_pid=$!
 GATEHOUSE_LOG=info taskset -c 0 ./target/release/gatehouse --config "$work/gatehouse-log.toml" serve --workers 1 >"$work/gh-access.log" 2>&1 & pids+=($!); gh_log_pid=$!
+ports=($UP_PORT $NGINX_PORT $GH_PORT $GH_LOG_PORT)
+if [ -n "$PGO" ]; then
+  GATEHOUSE_LOG=warn taskset -c 0 "$PGO_BIN" --config "$work/gatehouse-pgo.toml" serve --workers 1 >"$work/gh-pgo.log" 2>&1 & pids+=($!); gh_pgo_pid=$!
+  ports+=($GH_PGO_PORT)
+fi
 sleep 1
 for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "a server failed to start; see $work" >&2; exit 1; }; done
 
-for port in $UP_PORT $NGINX_PORT $GH_PORT $GH_LOG_PORT; do
+for port in "${ports[@]}"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/api/bench")
   [ "$code" = 200 ] || { echo "port $port answered $code" >&2; exit 1; }
 done
 
 echo "bench: $ROUNDS rounds × ${DURATION}s, $CONNS connections, wrk -t1 on core 1, servers on core 0"
+# name port pid, in the order of odd rounds; even rounds run them reversed,
+# so no target always follows the same one (or always runs last).
+targets=("nginx-proxy_pass $NGINX_PORT $nginx_pid" "gatehouse $GH_PORT $gh_pid" "gatehouse+access-log $GH_LOG_PORT $gh_log_pid")
+[ -z "$PGO" ] || targets+=("gatehouse-pgo $GH_PGO_PORT $gh_pgo_pid")
 for round in $(seq "$ROUNDS"); do
   echo "round $round"
   measure upstream-direct "http://127.0.0.1:$UP_PORT/api/bench" -
-  measure nginx-proxy_pass "http://127.0.0.1:$NGINX_PORT/api/bench" "$nginx_pid"
-  measure gatehouse "http://127.0.0.1:$GH_PORT/api/bench" "$gh_pid"
-  measure gatehouse+access-log "http://127.0.0.1:$GH_LOG_PORT/api/bench" "$gh_log_pid"
+  order=("${targets[@]}")
+  if ((round % 2 == 0)); then
+    order=()
+    for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
+  fi
+  for target in "${order[@]}"; do
+    read -r name port pid <<<"$target"
+    measure "$name" "http://127.0.0.1:$port/api/bench" "$pid"
+  done
 done
 
 echo
 echo "median over $ROUNDS rounds:"
-summarize "gatehouse / nginx:gatehouse:nginx-proxy_pass" "gatehouse+access-log / nginx:gatehouse+access-log:nginx-proxy_pass"
+ratios=("gatehouse / nginx:gatehouse:nginx-proxy_pass" "gatehouse+access-log / nginx:gatehouse+access-log:nginx-proxy_pass")
+[ -z "$PGO" ] || ratios+=("gatehouse-pgo / nginx:gatehouse-pgo:nginx-proxy_pass")
+summarize "${ratios[@]}"

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# A profile-guided (PGO) build of the gateway for production use:
+#   1. builds an instrumented gatehouse (target/pgo-gen/),
+#   2. trains it on the work a gateway does: proxied requests with an HS256
+#      token, a plugin route (`hello`), and refused requests (bad token, no
+#      route), against a fast upstream (nginx `return 200`),
+#   3. merges the profile and builds target/pgo/release/gatehouse with it.
+#
+#   bench/pgo.sh        # or `make pgo`; ~20 min the first time on 2 cores
+#   PGO=1 bench/run.sh  # the proxy bench with the PGO build as another target
+#
+# The normal `cargo build --release` is untouched: the PGO build has its own
+# target folders. Needs the rustup `llvm-tools` component (installed here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TRAIN=${TRAIN:-6} # seconds of load per training workload
+CONNS=${CONNS:-32}
+UP_PORT=18290 GH_PORT=18292 ADMIN_PORT=19921
+
+. bench/lib.sh
+need nginx nginx-light
+need wrk wrk
+ports_free $UP_PORT $GH_PORT $ADMIN_PORT
+
+sysroot=$(rustc --print sysroot)
+profdata=$(find "$sysroot" -name llvm-profdata -type f 2>/dev/null | head -1)
+if [ -z "$profdata" ]; then
+  rustup component add llvm-tools
+  profdata=$(find "$sysroot" -name llvm-profdata -type f | head -1)
+fi
+
+profile=$PWD/target/pgo-profile
+rm -rf "$profile"
+mkdir -p "$profile/raw"
+./scripts/build-plugins.sh >/dev/null
+echo "pgo: building the instrumented gateway (target/pgo-gen)"
+# The folder compiled in is a fixed one, so the flags (and cargo's cache of
+# this build) do not depend on where the repository is; LLVM_PROFILE_FILE
+# below says where the profiles really go.
+RUSTFLAGS="-Cprofile-generate=/tmp/pgo/raw" \
+  cargo build --release -p gatehouse --bin gatehouse --target-dir target/pgo-gen --quiet
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat > "$work/upstream.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/upstream.pid;
+error_log $work/upstream.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "ok\n"; } }
+}
+NGINX
+mkdir -p "$work/routes" "$work/plugins"
+cp plugins/hello.wasm "$work/plugins/"
+cat > "$work/routes/train.toml" <<ROUTES
+service = "train-upstream"
+upstream = "http://127.0.0.1:$UP_PORT"
+
+[[route]]
+prefix = "/api"
+auth = "required"
+
+[[route]]
+prefix = "/api/v1/hello"
+auth = "required"
+plugin = "hello"
+ROUTES
+cat > "$work/gatehouse.toml" <<CONFIG
+[server]
+listen = "127.0.0.1:$GH_PORT"
+admin = "127.0.0.1:$ADMIN_PORT"
+[plugins]
+cache_dir = "cache"
+CONFIG
+
+gatehouse=target/pgo-gen/release/gatehouse
+export GATEHOUSE_JWT_SECRET=pgo-training-secret-pgo-training-secret
+TOKEN=$(LLVM_PROFILE_FILE=/dev/null $gatehouse token --sub 42 --tier pro --ttl 2h)
+nginx -c "$work/upstream.conf" & pids+=($!)
+LLVM_PROFILE_FILE="$profile/raw/serve-%p.profraw" GATEHOUSE_LOG=warn $gatehouse --config "$work/gatehouse.toml" serve --workers 1 >"$work/gh.log" 2>&1 & gh_pid=$!; pids+=($gh_pid)
+for _ in $(seq 50); do
+  curl -s -o /dev/null "http://127.0.0.1:$GH_PORT/" && break
+  sleep 0.2
+done
+base=http://127.0.0.1:$GH_PORT
+for path in /api/train /api/v1/hello; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$base$path")
+  [ "$code" = 200 ] || { echo "the instrumented gateway answered $code on $path" >&2; cat "$work/gh.log" >&2; exit 1; }
+done
+
+echo "pgo: training (${TRAIN}s proxied, $((TRAIN / 2))s plugin, $((TRAIN / 2))s refused)"
+wrk -t1 -c"$CONNS" -d"${TRAIN}s" -H "Authorization: Bearer $TOKEN" "$base/api/train?page=2" >/dev/null
+wrk -t1 -c"$CONNS" -d"$((TRAIN / 2))s" -H "Authorization: Bearer $TOKEN" "$base/api/v1/hello" >/dev/null
+wrk -t1 -c"$CONNS" -d"$((TRAIN / 4 + 1))s" -H "Authorization: Bearer not.a.token" "$base/api/train" >/dev/null
+wrk -t1 -c"$CONNS" -d"$((TRAIN / 4 + 1))s" -H "Authorization: Bearer $TOKEN" "$base/nowhere" >/dev/null
+
+# The profile is written when the process exits: drain and stop it.
+kill -TERM "$gh_pid"
+wait "$gh_pid" || { echo "the instrumented gateway did not exit cleanly" >&2; cat "$work/gh.log" >&2; exit 1; }
+"$profdata" merge -o "$profile/merged.profdata" "$profile/raw"
+# Cargo does not track the profile's contents, only the flags: a name made
+# from its hash makes a new profile rebuild everything with it.
+sum=$(sha256sum "$profile/merged.profdata" | cut -c1-16)
+mv "$profile/merged.profdata" "$profile/gatehouse-$sum.profdata"
+
+echo "pgo: building the optimized gateway (target/pgo)"
+RUSTFLAGS="-Cprofile-use=$profile/gatehouse-$sum.profdata" \
+  cargo build --release -p gatehouse --bin gatehouse --target-dir target/pgo --quiet
+echo "pgo: built target/pgo/release/gatehouse"
