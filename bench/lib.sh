@@ -32,6 +32,49 @@ auth = "required"
 EOF
 }
 
+# A fast upstream (nginx `return 200`, config in $work/upstream.conf) and a
+# gateway config ($work/gatehouse.toml) whose routes put the `hello` plugin on
+# /api/v1/hello and proxy the rest of /api to that upstream.
+plugin_setup() { # upstream-port gateway-port admin-port
+  local UP_PORT=$1 GH_PORT=$2 ADMIN_PORT=$3
+  cat > "$work/upstream.conf" <<NGINX
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/upstream.pid;
+error_log $work/upstream.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "ok\n"; } }
+}
+NGINX
+
+  mkdir -p "$work/routes" "$work/plugins"
+  cp plugins/hello.wasm "$work/plugins/"
+  cat > "$work/routes/bench.toml" <<ROUTES
+service = "bench-upstream"
+upstream = "http://127.0.0.1:$UP_PORT"
+
+[[route]]
+prefix = "/api"
+auth = "required"
+
+[[route]]
+prefix = "/api/v1/hello"
+auth = "required"
+plugin = "hello"
+ROUTES
+  cat > "$work/gatehouse.toml" <<CONFIG
+[server]
+listen = "127.0.0.1:$GH_PORT"
+admin = "127.0.0.1:$ADMIN_PORT"
+[plugins]
+cache_dir = "cache"
+CONFIG
+}
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 

@@ -46,41 +46,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-cat > "$work/upstream.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "ok\n"; } }
-}
-NGINX
-mkdir -p "$work/routes" "$work/plugins"
-cp plugins/hello.wasm "$work/plugins/"
-cat > "$work/routes/train.toml" <<ROUTES
-service = "train-upstream"
-upstream = "http://127.0.0.1:$UP_PORT"
-
-[[route]]
-prefix = "/api"
-auth = "required"
-
-[[route]]
-prefix = "/api/v1/hello"
-auth = "required"
-plugin = "hello"
-ROUTES
-cat > "$work/gatehouse.toml" <<CONFIG
-[server]
-listen = "127.0.0.1:$GH_PORT"
-admin = "127.0.0.1:$ADMIN_PORT"
-[plugins]
-cache_dir = "cache"
-CONFIG
+plugin_setup $UP_PORT $GH_PORT $ADMIN_PORT
 
 gatehouse=target/pgo-gen/release/gatehouse
 export GATEHOUSE_JWT_SECRET=pgo-training-secret-pgo-training-secret
@@ -92,15 +58,15 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 base=http://127.0.0.1:$GH_PORT
-for path in /api/train /api/v1/hello; do
+for path in /api/bench /api/v1/hello; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$base$path")
   [ "$code" = 200 ] || { echo "the instrumented gateway answered $code on $path" >&2; cat "$work/gh.log" >&2; exit 1; }
 done
 
 echo "pgo: training (${TRAIN}s proxied, $((TRAIN / 2))s plugin, $((TRAIN / 2))s refused)"
-wrk -t1 -c"$CONNS" -d"${TRAIN}s" -H "Authorization: Bearer $TOKEN" "$base/api/train?page=2" >/dev/null
+wrk -t1 -c"$CONNS" -d"${TRAIN}s" -H "Authorization: Bearer $TOKEN" "$base/api/bench?page=2" >/dev/null
 wrk -t1 -c"$CONNS" -d"$((TRAIN / 2))s" -H "Authorization: Bearer $TOKEN" "$base/api/v1/hello" >/dev/null
-wrk -t1 -c"$CONNS" -d"$((TRAIN / 4 + 1))s" -H "Authorization: Bearer not.a.token" "$base/api/train" >/dev/null
+wrk -t1 -c"$CONNS" -d"$((TRAIN / 4 + 1))s" -H "Authorization: Bearer not.a.token" "$base/api/bench" >/dev/null
 wrk -t1 -c"$CONNS" -d"$((TRAIN / 4 + 1))s" -H "Authorization: Bearer $TOKEN" "$base/nowhere" >/dev/null
 
 # The profile is written when the process exits: drain and stop it.

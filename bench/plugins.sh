@@ -38,42 +38,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-cat > "$work/upstream.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "ok\n"; } }
-}
-NGINX
-
-mkdir -p "$work/routes" "$work/plugins"
-cp plugins/hello.wasm "$work/plugins/"
-cat > "$work/routes/bench.toml" <<ROUTES
-service = "bench-upstream"
-upstream = "http://127.0.0.1:$UP_PORT"
-
-[[route]]
-prefix = "/api"
-auth = "required"
-
-[[route]]
-prefix = "/api/v1/hello"
-auth = "required"
-plugin = "hello"
-ROUTES
-cat > "$work/gatehouse.toml" <<CONFIG
-[server]
-listen = "127.0.0.1:$GH_PORT"
-admin = "127.0.0.1:$ADMIN_PORT"
-[plugins]
-cache_dir = "cache"
-CONFIG
+plugin_setup $UP_PORT $GH_PORT $ADMIN_PORT
 
 export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret
 TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)
