@@ -6,7 +6,7 @@
 #      route), against a fast upstream (nginx `return 200`),
 #   3. merges the profile and builds target/pgo/release/gatehouse with it.
 #
-#   bench/pgo.sh        # or `make pgo`; ~20 min the first time on 2 cores
+#   bench/pgo.sh        # or `make pgo`; ~25 min the first time on 2 cores
 #   PGO=1 bench/run.sh  # the proxy bench with the PGO build as another target
 #
 # The normal `cargo build --release` is untouched: the PGO build has its own
@@ -63,11 +63,12 @@ for path in /api/bench /api/v1/hello; do
   [ "$code" = 200 ] || { echo "the instrumented gateway answered $code on $path" >&2; cat "$work/gh.log" >&2; exit 1; }
 done
 
-echo "pgo: training (${TRAIN}s proxied, $((TRAIN / 2))s plugin, $((TRAIN / 2))s refused)"
+plugin=$((TRAIN / 2)) refused=$((TRAIN / 4 + 1))
+echo "pgo: training (${TRAIN}s proxied, ${plugin}s plugin, ${refused}s bad token, ${refused}s no route)"
 wrk -t1 -c"$CONNS" -d"${TRAIN}s" -H "Authorization: Bearer $TOKEN" "$base/api/bench?page=2" >/dev/null
-wrk -t1 -c"$CONNS" -d"$((TRAIN / 2))s" -H "Authorization: Bearer $TOKEN" "$base/api/v1/hello" >/dev/null
-wrk -t1 -c"$CONNS" -d"$((TRAIN / 4 + 1))s" -H "Authorization: Bearer not.a.token" "$base/api/bench" >/dev/null
-wrk -t1 -c"$CONNS" -d"$((TRAIN / 4 + 1))s" -H "Authorization: Bearer $TOKEN" "$base/nowhere" >/dev/null
+wrk -t1 -c"$CONNS" -d"${plugin}s" -H "Authorization: Bearer $TOKEN" "$base/api/v1/hello" >/dev/null
+wrk -t1 -c"$CONNS" -d"${refused}s" -H "Authorization: Bearer not.a.token" "$base/api/bench" >/dev/null
+wrk -t1 -c"$CONNS" -d"${refused}s" -H "Authorization: Bearer $TOKEN" "$base/nowhere" >/dev/null
 
 # The profile is written when the process exits: drain and stop it.
 kill -TERM "$gh_pid"
