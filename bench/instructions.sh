@@ -39,13 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$work/upstream.conf" <<EOF
-worker_processes 1; master_process off; daemon off;
-pid $work/upstream.pid; error_log $work/upstream.err warn;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $work/u-body; proxy_temp_path $work/u-proxy;
-  server { listen 127.0.0.1:$UP_PORT; keepalive_requests 1000000; location / { return 200 "ok\n"; } } }
-EOF
+fast_upstream_conf $UP_PORT
 cat > "$work/proxy.conf" <<EOF
 worker_processes 1; master_process off; daemon off;
 pid $work/proxy.pid; error_log $work/proxy.err warn;

@@ -32,24 +32,43 @@ auth = "required"
 EOF
 }
 
+# $work/<name>.conf for one nginx worker in the foreground on 127.0.0.1:port;
+# `http-extra` goes in the http block, `server-body` in the server block.
+nginx_conf() { # name port http-extra server-body
+  cat > "$work/$1.conf" <<EOF
+worker_processes 1;
+master_process off;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/$1-body;
+  proxy_temp_path $work/$1-proxy;
+  keepalive_requests 1000000;
+  $3
+  server {
+    listen 127.0.0.1:$2;
+    keepalive_requests 1000000;
+    $4
+  }
+}
+EOF
+}
+
+# The fast upstream every bench proxies to: nginx `return 200`, in
+# $work/upstream.conf.
+fast_upstream_conf() { # port
+  nginx_conf upstream "$1" "" 'location / { return 200 "ok\n"; }'
+}
+
 # A fast upstream (nginx `return 200`, config in $work/upstream.conf) and a
 # gateway config ($work/gatehouse.toml) whose routes put the `hello` plugin on
 # /api/v1/hello and proxy the rest of /api to that upstream.
 plugin_setup() { # upstream-port gateway-port admin-port
   local UP_PORT=$1 GH_PORT=$2 ADMIN_PORT=$3
-  cat > "$work/upstream.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "ok\n"; } }
-}
-NGINX
+  fast_upstream_conf "$UP_PORT"
 
   mkdir -p "$work/routes" "$work/plugins"
   cp plugins/hello.wasm "$work/plugins/"

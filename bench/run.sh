@@ -36,30 +36,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-nginx_conf() { # name port body
-  cat > "$work/$1.conf" <<EOF
-worker_processes 1;
-master_process off;
-daemon off;
-pid $work/$1.pid;
-error_log $work/$1.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/$1-body;
-  proxy_temp_path $work/$1-proxy;
-  keepalive_requests 1000000;
-  $3
-  server {
-    listen 127.0.0.1:$2;
-    keepalive_requests 1000000;
-    $4
-  }
-}
-EOF
-}
-
-nginx_conf upstream $UP_PORT "" 'location / { return 200 "ok\n"; }'
+fast_upstream_conf $UP_PORT
 nginx_conf proxy $NGINX_PORT \
   "upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 1000000; }" \
   'location / {
