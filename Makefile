@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test build plugins lint bench bench-instructions bench-plugins bench-reload pgo
+.PHONY: run test build plugins lint bench bench-instructions bench-plugins bench-plugin-floor bench-reload pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -36,6 +36,10 @@ bench-instructions:
 # The hello plugin route vs a native route vs `wasmtime serve` (see README).
 bench-plugins:
 	./bench/plugins.sh
+
+# wasmtime's own per-call cost (the floor under #5's goal) vs the hello template.
+bench-plugin-floor:
+	./bench/plugin-floor.sh
 
 # Reload latency: last write of a changed plugin → first response from it.
 bench-reload: plugins

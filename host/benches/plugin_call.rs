@@ -5,8 +5,9 @@
 //!
 //!   make plugins && cargo bench -p gatehouse --bench plugin_call
 //!
-//! `PLUGIN_BENCH_WASM=path/to/other.wasm` measures another build of `hello`
-//! (e.g. to compare two versions of the template).
+//! `PLUGIN_BENCH_WASM=path/to/other.wasm` measures another component of the
+//! `route-handler` world (another build of `hello`, or the floor in
+//! `bench/plugin-floor`: see `bench/plugin-floor.sh`).
 //!
 //! Prints the median and p90 over batches (no statistics crate needed).
 
@@ -31,7 +32,10 @@ const PER_BATCH: usize = 2000;
 
 fn main() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm = std::env::var_os("PLUGIN_BENCH_WASM").map_or_else(|| repo.join("plugins/hello.wasm"), Into::into);
+    let wasm: std::path::PathBuf = std::env::var_os("PLUGIN_BENCH_WASM").map_or_else(|| repo.join("plugins/hello.wasm"), Into::into);
+    let label = wasm
+        .file_stem()
+        .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned());
     assert!(wasm.is_file(), "{} missing: run `make plugins` first", wasm.display());
     let mut config = Config::load(None).expect("default config");
     config.plugins.cache_dir = repo.join("target/bench-plugin-cache");
@@ -154,7 +158,7 @@ fn main() {
         }
         per_call.sort_by(f64::total_cmp);
         println!(
-            "hello plugin, instantiate + handle + drop: median {:.2} µs, p90 {:.2} µs, min {:.2} µs ({BATCHES} batches × {PER_BATCH})",
+            "{label}, instantiate + handle + drop: median {:.2} µs, p90 {:.2} µs, min {:.2} µs ({BATCHES} batches × {PER_BATCH})",
             per_call[BATCHES / 2],
             per_call[BATCHES * 9 / 10],
             per_call[0]
