@@ -45,7 +45,7 @@ worker_processes 1; master_process off; daemon off;
 pid $work/proxy.pid; error_log $work/proxy.err warn;
 events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $work/p-body; proxy_temp_path $work/p-proxy;
-  upstream up { server 127.0.0.1:$UP_PORT; keepalive 16; }
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$NGINX_PORT; keepalive_requests 1000000;
     location / {
       proxy_pass http://up; proxy_http_version 1.1;
