@@ -28,7 +28,7 @@ cargo bench --quiet -p gatehouse --bench plugin_call --no-run 2>/dev/null
 
 pin=()
 if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then pin=(taskset -c 1); fi
-wasms=("$PWD/$floor/target/floor.wasm" "$PWD/$floor/target/floor-imports.wasm" "$PWD/plugins/hello.wasm")
+wasms=("$floor/target/floor.wasm" "$floor/target/floor-imports.wasm" plugins/hello.wasm)
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 for round in $(seq "$ROUNDS"); do
@@ -45,8 +45,10 @@ done
 echo
 echo "median over $ROUNDS rounds (µs per call):"
 printf '%-15s %20s %32s\n' component "instantiate + drop" "instantiate + handle + drop"
+median() { # name column
+  awk -v n="$1" -v c="$2" '$1 == n {print $c}' "$results" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'
+}
 for wasm in "${wasms[@]}"; do
   name=$(basename "$wasm" .wasm)
-  med() { awk -v n="$name" -v c="$1" '$1 == n {print $c}' "$results" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-  printf '%-15s %20s %32s\n' "$name" "$(med 2)" "$(med 3)"
+  printf '%-15s %20s %32s\n' "$name" "$(median "$name" 2)" "$(median "$name" 3)"
 done

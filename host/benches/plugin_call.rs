@@ -5,9 +5,10 @@
 //!
 //!   make plugins && cargo bench -p gatehouse --bench plugin_call
 //!
-//! `PLUGIN_BENCH_WASM=path/to/other.wasm` measures another component of the
-//! `route-handler` world (another build of `hello`, or the floor in
-//! `bench/plugin-floor`: see `bench/plugin-floor.sh`).
+//! `PLUGIN_BENCH_WASM=path/to/other.wasm` (absolute, or relative to the
+//! repository) measures another component of the `route-handler` world
+//! (another build of `hello`, or the floor in `bench/plugin-floor`: see
+//! `bench/plugin-floor.sh`).
 //!
 //! Prints the median and p90 over batches (no statistics crate needed).
 
@@ -32,7 +33,8 @@ const PER_BATCH: usize = 2000;
 
 fn main() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let wasm: std::path::PathBuf = std::env::var_os("PLUGIN_BENCH_WASM").map_or_else(|| repo.join("plugins/hello.wasm"), Into::into);
+    // Relative to the repository (cargo runs benches from `host/`).
+    let wasm = repo.join(std::env::var_os("PLUGIN_BENCH_WASM").unwrap_or_else(|| "plugins/hello.wasm".into()));
     let label = wasm
         .file_stem()
         .map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned());
