@@ -40,22 +40,7 @@ cleanup() {
 trap cleanup EXIT
 
 fast_upstream_conf $UP_PORT
-cat > "$work/proxy.conf" <<EOF
-worker_processes 1; master_process off; daemon off;
-pid $work/proxy.pid; error_log $work/proxy.err warn;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $work/p-body; proxy_temp_path $work/p-proxy;
-  upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:$NGINX_PORT; keepalive_requests 1000000;
-    location / {
-      proxy_pass http://up; proxy_http_version 1.1;
-      proxy_set_header Connection ""; proxy_set_header Host \$host;
-      proxy_set_header X-User-ID "42"; proxy_set_header X-User-Tier "pro";
-      proxy_set_header X-Forwarded-Host \$host; proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Request-ID \$request_id; add_header X-Request-ID \$request_id;
-    } } }
-EOF
+nginx_proxy_conf $NGINX_PORT $UP_PORT
 bench_routes $UP_PORT
 # Few plugin slots: valgrind cannot reserve the default pool's address space.
 cat > "$work/gatehouse.toml" <<EOF

@@ -63,6 +63,27 @@ fast_upstream_conf() { # port
   nginx_conf upstream "$1" "" 'location / { return 200 "ok\n"; }'
 }
 
+# nginx `proxy_pass` to the upstream on 127.0.0.1:$2, setting the headers
+# Gatehouse's contract sets, in $work/proxy.conf: the proxy every bench
+# compares the gateway against.
+nginx_proxy_conf() { # port upstream-port
+  nginx_conf proxy "$1" \
+    "upstream up { server 127.0.0.1:$2; keepalive 64; keepalive_requests 1000000; }" \
+    'location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-User-ID "42";
+      proxy_set_header X-User-Tier "pro";
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Request-ID $request_id;
+      add_header X-Request-ID $request_id;
+    }'
+}
+
 # A fast upstream (nginx `return 200`, config in $work/upstream.conf) and a
 # gateway config ($work/gatehouse.toml) whose routes put the `hello` plugin on
 # /api/v1/hello and proxy the rest of /api to that upstream.

@@ -24,7 +24,7 @@ cp "$built" "$floor/target/floor.wasm"
 (cd "$floor" && cargo build --quiet --release --target wasm32-wasip2 --features imports)
 cp "$built" "$floor/target/floor-imports.wasm"
 echo "building the bench (a few minutes the first time)..."
-cargo bench --quiet -p gatehouse --bench plugin_call --no-run 2>/dev/null
+cargo bench --quiet -p gatehouse --bench plugin_call --no-run
 
 pin=()
 if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then pin=(taskset -c 1); fi
@@ -33,7 +33,9 @@ results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 for round in $(seq "$ROUNDS"); do
   for wasm in "${wasms[@]}"; do
-    out=$(PLUGIN_BENCH_WASM="$wasm" "${pin[@]}" cargo bench --quiet -p gatehouse --bench plugin_call 2>/dev/null)
+    if ! out=$(PLUGIN_BENCH_WASM="$wasm" "${pin[@]}" cargo bench --quiet -p gatehouse --bench plugin_call 2>&1); then
+      echo "the bench failed on $wasm:" >&2; echo "$out" >&2; exit 1
+    fi
     name=$(basename "$wasm" .wasm)
     inst=$(sed -n 's/^instantiate + drop: median \([0-9.]*\) µs.*/\1/p' <<<"$out")
     call=$(sed -n 's/^.*, instantiate + handle + drop: median \([0-9.]*\) µs.*/\1/p' <<<"$out")

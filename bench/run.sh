@@ -37,21 +37,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 fast_upstream_conf $UP_PORT
-nginx_conf proxy $NGINX_PORT \
-  "upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 1000000; }" \
-  'location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-User-ID "42";
-      proxy_set_header X-User-Tier "pro";
-      proxy_set_header X-Forwarded-Host $host;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-For $remote_addr;
-      proxy_set_header X-Request-ID $request_id;
-      add_header X-Request-ID $request_id;
-    }'
+nginx_proxy_conf $NGINX_PORT $UP_PORT
 
 bench_routes $UP_PORT
 gh_conf() { # name port admin-port
