@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::time::Sleep;
 
-use crate::headers::strip_client_identity;
+use crate::headers::strip_client_trailers;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every gateway response and upstream request uses.
@@ -36,23 +36,28 @@ pub struct BodyTooLarge;
 pin_project_lite::pin_project! {
     /// Guards a client's request body on its way upstream: counts bytes
     /// against the cap (flagging `exceeded` so the caller can answer 413) and
-    /// strips identity headers from chunked trailers.
+    /// strips from chunked trailers every field that is not theirs to carry
+    /// ([`strip_client_trailers`]).
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
         seen: u64,
         limit: u64,
         exceeded: Arc<AtomicBool>,
+        keep_authorization: bool,
     }
 }
 
 impl<B> RequestBody<B> {
-    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    /// `keep_authorization`: the route forwards the client's token, so an
+    /// `Authorization` trailer may pass too.
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>, keep_authorization: bool) -> Self {
         RequestBody {
             inner,
             seen: 0,
             limit,
             exceeded,
+            keep_authorization,
         }
     }
 }
@@ -83,7 +88,7 @@ where
             }
             Err(frame) => match frame.into_trailers() {
                 Ok(mut trailers) => {
-                    strip_client_identity(&mut trailers, false);
+                    strip_client_trailers(&mut trailers, *this.keep_authorization);
                     Frame::trailers(trailers)
                 }
                 Err(other) => other,

@@ -156,10 +156,36 @@ impl<'a> ConnectionNamed<'a> {
     }
 }
 
-/// Removes every header a client may not send. Forwarding headers survive only
-/// when `keep_forwarding` (the peer is a trusted proxy). Used for trailers.
-pub fn strip_client_identity(headers: &mut HeaderMap, keep_forwarding: bool) {
-    remove_where(headers, |name, _| client_may_not_send(name, keep_forwarding));
+/// Fields a trailer section may not carry toward a service (RFC 9110
+/// §6.5.1): framing, routing, request modifiers, authentication and content
+/// metadata are decided by the head. Hop-by-hop fields and the identity
+/// contract's names are refused besides these.
+static NEVER_IN_TRAILERS: [HeaderName; 13] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CONTENT_TYPE,
+    header::CONTENT_RANGE,
+    header::HOST,
+    header::TRAILER,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::EXPECT,
+    header::MAX_FORWARDS,
+    header::RANGE,
+    header::CACHE_CONTROL,
+    X_REQUEST_ID,
+];
+
+/// Removes from a client's trailer section every field that is not the
+/// trailers' to say: framing, routing, authentication (`Authorization`
+/// survives only when `keep_authorization`, the route's `forward_token`),
+/// hop-by-hop fields, and every name a client may not send in a head.
+pub fn strip_client_trailers(trailers: &mut HeaderMap, keep_authorization: bool) {
+    remove_where(trailers, |name, _| {
+        (NEVER_IN_TRAILERS.contains(name) && !(keep_authorization && name == header::AUTHORIZATION))
+            || is_hop_by_hop(name.as_str())
+            || client_may_not_send(name, false)
+    });
 }
 
 /// Removes hop-by-hop fields and every field named in `Connection:` (RFC 9110
@@ -320,7 +346,7 @@ mod tests {
             ("X-HTTP-Method-Override", "DELETE"),
             ("accept", "*/*"),
         ]);
-        strip_client_identity(&mut h, true);
+        strip_request(&mut h, true);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("accept"));
     }
@@ -334,10 +360,10 @@ mod tests {
             ("x-real-ip", "1.2.3.4"),
         ];
         let mut untrusted = map(&pairs);
-        strip_client_identity(&mut untrusted, false);
+        strip_request(&mut untrusted, false);
         assert!(untrusted.is_empty());
         let mut trusted = map(&pairs);
-        strip_client_identity(&mut trusted, true);
+        strip_request(&mut trusted, true);
         assert_eq!(trusted.len(), 4);
     }
 
@@ -356,6 +382,33 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, ["content-length", "host"]);
+    }
+
+    #[test]
+    fn trailers_carry_no_framing_routing_auth_or_identity() {
+        let sent = [
+            ("content-length", "0"),
+            ("Transfer-Encoding", "chunked"),
+            ("host", "admin.internal"),
+            ("authorization", "Bearer x"),
+            ("connection", "close"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("x-user-id", "1"),
+            ("X_Forwarded_For", "6.6.6.6"),
+            ("x-forwarded-host", "evil"),
+            ("x-request-id", "forged"),
+            ("cookie", "a=1"),
+            ("x-checksum", "9"),
+        ];
+        let mut h = map(&sent);
+        strip_client_trailers(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-checksum"]);
+        let mut h = map(&sent);
+        strip_client_trailers(&mut h, true);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["authorization", "x-checksum"], "forward_token keeps Authorization only");
     }
 
     #[test]

@@ -162,9 +162,13 @@ pub(super) enum Failed {
 /// The request head written, then its body streamed while the response head
 /// is awaited (an upstream may answer before reading the whole body).
 /// Returns the head and, if the body is still going, its sender.
+///
+/// Interim (1xx) heads are read past, at most [`h1::MAX_INTERIM`] of them;
+/// a `101` is taken only when `upgrade` (the request asked for one).
 pub(super) async fn exchange(
     conn: &mut Conn,
     method: &Method,
+    upgrade: bool,
     body: &mut Option<(GatewayBody, Option<u64>)>,
     max_head: usize,
 ) -> Result<(Head, Option<Sending>), Failed> {
@@ -176,6 +180,7 @@ pub(super) async fn exchange(
     // A write that failed mid-body: the upstream may still have answered
     // (an early 413, say) before it closed.
     let mut broken = None;
+    let mut interim = 0;
     let head = std::future::poll_fn(|cx| {
         if let Some(s) = &mut sending
             && let Poll::Ready(sent) = s.poll_send(conn, cx)
@@ -193,12 +198,21 @@ pub(super) async fn exchange(
             } else {
                 h1::parse_head(&conn.rbuf, method, max_head)
             };
+            let bad = |e| Poll::Ready(Err(Failed::Other(UpstreamError::BadResponse(e))));
             match parsed {
-                Err(e) => return Poll::Ready(Err(Failed::Other(UpstreamError::BadResponse(e)))),
+                Err(e) => return bad(e),
+                Ok(Some(head)) if head.status == http::StatusCode::SWITCHING_PROTOCOLS && !upgrade => {
+                    return bad(h1::HeadError::UnaskedSwitch);
+                }
                 // Interim responses (100 Continue, 103 Early Hints) are not
-                // passed on: the final one follows.
+                // passed on: the final one follows, maybe already buffered.
                 Ok(Some(head)) if head.status.is_informational() && head.status != http::StatusCode::SWITCHING_PROTOCOLS => {
                     conn.rbuf.advance(head.len);
+                    interim += 1;
+                    if interim > h1::MAX_INTERIM {
+                        return bad(h1::HeadError::TooManyInterim);
+                    }
+                    continue;
                 }
                 Ok(Some(head)) => {
                     conn.rbuf.advance(head.len);

@@ -70,7 +70,21 @@ pub enum HeadError {
     ContentLength,
     #[error("invalid header field")]
     Field,
+    /// A transfer coding other than a final `chunked` (which the gateway
+    /// cannot decode), or any `Transfer-Encoding` on an HTTP/1.0 response.
+    #[error("unsupported Transfer-Encoding")]
+    TransferCoding,
+    /// More interim (1xx) responses than [`MAX_INTERIM`] before the final one.
+    #[error("more than {MAX_INTERIM} interim responses")]
+    TooManyInterim,
+    /// `101 Switching Protocols` to a request that asked for no upgrade.
+    #[error("101 Switching Protocols to a request without Upgrade")]
+    UnaskedSwitch,
 }
+
+/// Interim (1xx) responses accepted before the final one; each is bounded
+/// by the same size cap as a final head.
+pub const MAX_INTERIM: usize = 32;
 
 /// Parses a response head from the start of `buf`: `None` until it is whole.
 /// `method` is the request's (a response to HEAD has no body); heads longer
@@ -93,17 +107,26 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
     let fields: &[httparse::Header<'_>] = resp.headers;
 
     // Framing facts first, off the raw fields.
-    let (mut connection, mut length, mut transfer_encoding) = (Vec::new(), None, None);
+    let (mut connection, mut length, mut transfer_encoding) = (Vec::new(), None, Vec::new());
+    // A `Content-Length` sent as a list or repeated is forwarded as one value.
+    let mut length_fields = 0;
     for h in fields {
         if h.name.eq_ignore_ascii_case("connection") {
             connection.push(h.value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
             length = Some(merge_length(length, h.value)?);
+            length_fields += if h.value.contains(&b',') { 2 } else { 1 };
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            // The last field's last coding decides.
-            transfer_encoding = Some(h.value);
+            transfer_encoding.push(h.value);
         }
     }
+    let chunked = match transfer_encoding.is_empty() {
+        true => None,
+        false => Some(decodable(&transfer_encoding, version)?),
+    };
+    // Transfer-Encoding wins: the service's Content-Length does not describe
+    // the body the client gets (RFC 9112 §6.3), so it goes.
+    let drop_length = chunked.is_some() || length_fields > 1;
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     // `close` and `keep-alive` (the usual values) name no field that is not
     // hop-by-hop already: only other tokens need checking per field.
@@ -119,7 +142,13 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
         if !upgrade && (is_connection_specific(h.name, named) || headers::is_hidden_upstream(h.name)) {
             continue;
         }
+        if drop_length && h.name.eq_ignore_ascii_case("content-length") {
+            continue;
+        }
         append_field(&mut headers, h)?;
+    }
+    if let (None, Some(n), true) = (chunked, length, drop_length) {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let mut keep_alive = match version {
         Version::HTTP_10 => headers::names(&connection, "keep-alive"),
@@ -129,17 +158,13 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
         method == Method::HEAD || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if no_body {
         Framing::Empty
-    } else if let Some(codings) = transfer_encoding {
+    } else if let Some(chunked) = chunked {
         // Transfer-Encoding overrides Content-Length; a response carrying
         // both may have been made to smuggle, so its connection ends with it.
         if length.is_some() {
             keep_alive = false;
         }
-        let chunked = codings
-            .rsplit(|b| *b == b',')
-            .next()
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        if chunked && version == Version::HTTP_11 {
+        if chunked {
             Framing::Chunked
         } else {
             keep_alive = false;
@@ -159,6 +184,29 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
         keep_alive,
         len,
     }))
+}
+
+/// Whether the `Transfer-Encoding` values leave a body the gateway can
+/// decode: `chunked` (true) or nothing but `identity` (false: delimited by
+/// the connection's close). Any other coding would reach the client as
+/// bytes it was never told how to read, so it is refused, as is
+/// `Transfer-Encoding` on an HTTP/1.0 response (RFC 9112 §6.1).
+fn decodable(values: &[&[u8]], version: Version) -> Result<bool, HeadError> {
+    if version == Version::HTTP_10 {
+        return Err(HeadError::TransferCoding);
+    }
+    let mut chunked = false;
+    for coding in values.iter().flat_map(|v| v.split(|b| *b == b',')).map(<[u8]>::trim_ascii) {
+        if coding.is_empty() || coding.eq_ignore_ascii_case(b"identity") {
+            continue;
+        }
+        // `chunked` once, and last; nothing else.
+        if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+            return Err(HeadError::TransferCoding);
+        }
+        chunked = true;
+    }
+    Ok(chunked)
 }
 
 /// Adds one `Content-Length` field to what the earlier ones said: every
@@ -246,12 +294,23 @@ mod tests {
         assert_eq!((h.framing, h.keep_alive, h.len), (Framing::Length(3), true, 38));
         let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(h.framing, Framing::Length(3));
-        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
         let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false), "TE wins, the connection ends");
-        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
-        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        assert!(
+            h.headers.get("content-length").is_none(),
+            "the service's length does not describe the body"
+        );
+        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false), "identity: read until close");
+        assert!(h.headers.get("content-length").is_none());
+        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: identity, chunked\r\nTransfer-Encoding: identity\r\n\r\n");
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 208, 208\r\nX-A: 1\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(208));
+        let lengths: Vec<_> = h.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["208"], "a list is forwarded as one value");
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!(h.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["7"]);
         let h = parse("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
         assert_eq!((h.framing, h.keep_alive), (Framing::Length(0), false));
         let h = parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
@@ -290,6 +349,26 @@ mod tests {
         assert!(bad("HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n"));
         assert!(bad("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n"), "obsolete line folding");
         assert!(bad("NOTHTTP 200 OK\r\n\r\n"));
+        for coding in ["gzip, chunked", "gzip", "chunked, gzip", "chunked, chunked", "x-custom"] {
+            assert!(
+                matches!(
+                    parse_head(
+                        format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n").as_bytes(),
+                        &Method::GET,
+                        256
+                    ),
+                    Err(HeadError::TransferCoding)
+                ),
+                "{coding}"
+            );
+        }
+        assert!(
+            matches!(
+                parse_head(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &Method::GET, 256),
+                Err(HeadError::TransferCoding)
+            ),
+            "HTTP/1.0 has no transfer codings"
+        );
         assert!(bad(&format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(300))), "over the limit");
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nX: a", &Method::GET, 256).unwrap().is_none());
     }

@@ -206,7 +206,9 @@ impl UpstreamClient {
         chunked: bool,
     ) -> Result<Response<PooledBody>, Failed> {
         conn::begin(&mut conn, parts, chunked);
-        let (head, sending) = conn::exchange(&mut conn, &parts.method, body, self.inner.max_head).await?;
+        // Only a request that asked to switch protocols may get a 101.
+        let upgrade = parts.headers.contains_key(header::UPGRADE);
+        let (head, sending) = conn::exchange(&mut conn, &parts.method, upgrade, body, self.inner.max_head).await?;
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
@@ -228,7 +230,7 @@ impl UpstreamClient {
 }
 
 impl Inner {
-    fn host(&self, upstream: &Upstream) -> Arc<Host> {
+    fn host(self: &Arc<Self>, upstream: &Upstream) -> Arc<Host> {
         let mut hosts = self.hosts.lock().expect("pool lock");
         if let Some(host) = hosts.get(upstream.authority.as_str()) {
             return host.clone();
@@ -237,6 +239,10 @@ impl Inner {
             idle: Mutex::new(Vec::new()),
         });
         hosts.insert(upstream.authority.as_str().into(), host.clone());
+        drop(hosts);
+        // The reaper also forgets hosts nobody uses, such as a service a
+        // reload removed: the map holds only what is in use or pooled.
+        self.start_reaper();
         host
     }
 
@@ -267,13 +273,13 @@ impl Inner {
     }
 
     /// Closes idle connections past the pool's idle timeout (or closed by
-    /// the upstream), every half of it, while the client lives. Started on
-    /// the first return to the pool made inside a runtime.
+    /// the upstream), every half of it, while the client lives. Started
+    /// when the first host is added inside a runtime.
     fn start_reaper(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if self.reaper_started.swap(true, Ordering::Relaxed) {
+        if self.reaper_started.load(Ordering::Relaxed) || self.reaper_started.swap(true, Ordering::Relaxed) {
             return;
         }
         let weak = Arc::downgrade(self);
@@ -285,11 +291,20 @@ impl Inner {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let hosts: Vec<Arc<Host>> = inner.hosts.lock().expect("pool lock").values().cloned().collect();
-                for host in hosts {
-                    host.expire(inner.pool_idle_timeout);
-                }
+                inner.reap();
             }
+        });
+    }
+}
+
+impl Inner {
+    /// Closes expired idle connections and forgets every host with none
+    /// left that no request holds (the map's is the only reference, and the
+    /// map is locked, so none can take it meanwhile).
+    fn reap(&self) {
+        self.hosts.lock().expect("pool lock").retain(|_, host| {
+            host.expire(self.pool_idle_timeout);
+            Arc::strong_count(host) > 1 || !host.idle.lock().expect("pool lock").is_empty()
         });
     }
 }
@@ -339,7 +354,6 @@ impl Return {
         if client.max_idle_per_host == 0 {
             return;
         }
-        client.start_reaper();
         let mut idle = self.host.idle.lock().expect("pool lock");
         if idle.len() >= client.max_idle_per_host {
             idle.remove(0);
@@ -353,3 +367,5 @@ impl Return {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_misbehaving;

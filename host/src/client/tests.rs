@@ -39,7 +39,7 @@ async fn upstream() -> (Upstream, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     (upstream, opened, closed)
 }
 
-fn client(pool_idle_timeout: Duration) -> UpstreamClient {
+pub(super) fn client(pool_idle_timeout: Duration) -> UpstreamClient {
     UpstreamClient::new(&UpstreamConfig {
         connect_timeout: Duration::from_secs(2),
         first_byte_timeout: Duration::from_secs(5),
@@ -97,7 +97,7 @@ async fn concurrent_requests_get_their_own_connections_and_all_return() {
 }
 
 /// An upstream whose every connection is handed to `serve`; counts them.
-async fn scripted<F, Fut>(serve: F) -> (Upstream, Arc<AtomicUsize>)
+pub(super) async fn scripted<F, Fut>(serve: F) -> (Upstream, Arc<AtomicUsize>)
 where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -121,7 +121,7 @@ where
 }
 
 /// Reads up to and including the end of `marker`; empty at end of stream.
-async fn read_until(s: &mut TcpStream, marker: &[u8]) -> Vec<u8> {
+pub(super) async fn read_until(s: &mut TcpStream, marker: &[u8]) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
@@ -134,17 +134,17 @@ async fn read_until(s: &mut TcpStream, marker: &[u8]) -> Vec<u8> {
     got
 }
 
-async fn write(s: &mut TcpStream, bytes: &[u8]) {
+pub(super) async fn write(s: &mut TcpStream, bytes: &[u8]) {
     use tokio::io::AsyncWriteExt;
     s.write_all(bytes).await.unwrap();
     s.flush().await.unwrap();
 }
 
-async fn pause() {
+pub(super) async fn pause() {
     tokio::time::sleep(Duration::from_millis(5)).await;
 }
 
-fn get_req() -> Request<GatewayBody> {
+pub(super) fn get_req() -> Request<GatewayBody> {
     Request::builder().uri("/x").body(crate::body::empty()).unwrap()
 }
 

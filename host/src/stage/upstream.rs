@@ -51,7 +51,7 @@ where
     // A request without a body (most GETs) needs no size guard.
     let exceeded = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
     let body = match &exceeded {
-        Some(flag) => RequestBody::new(body, route.max_body, flag.clone()).boxed_unsync(),
+        Some(flag) => RequestBody::new(body, route.max_body, flag.clone(), route.forward_token).boxed_unsync(),
         None => crate::body::empty(),
     };
     // Pinned in place: the timeout then wraps a pointer, not a copy of the
