@@ -1,16 +1,21 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test build plugins lint bench bench-instructions bench-plugins bench-plugin-floor bench-reload pgo
+.PHONY: run test audit build plugins lint bench bench-instructions bench-plugins bench-plugin-floor bench-reload pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
 	./scripts/run-dev.sh
 
-# Every test: unit tests, black-box tests over real sockets, formatting and lints.
-test: plugins
+# Every test: the advisory check, unit tests, black-box tests over real
+# sockets, formatting and lints.
+test: plugins audit
 	cargo fmt --all -- --check
 	cd plugins && cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo test --workspace
+
+# Every Cargo.lock against the RustSec advisory snapshot, offline.
+audit:
+	./scripts/audit.sh
 
 build: plugins
 	cargo build --release --workspace
