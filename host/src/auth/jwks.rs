@@ -1,15 +1,26 @@
 //! A JWKS document as a key source: a file read at start, or a URL fetched at
 //! start, refreshed periodically and refetched (rate-limited) when a token
 //! names a `kid` the gateway does not know.
+//!
+//! URLs are `https://` (rustls: the system's roots, or only the configured
+//! `ca_file`'s for a private issuer); plain `http://` is accepted only for a
+//! loopback address, since anyone on the path of a plain fetch could inject
+//! signing keys. A fetch that fails (a wrong certificate, say) keeps the
+//! last good keys.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use super::Verifier;
 use super::keys::{Key, jwks_keys};
@@ -18,10 +29,13 @@ use crate::config::{AuthConfig, JwksConfig};
 const MAX_JWKS_BYTES: usize = 1 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
 enum Kind {
     File(PathBuf),
     Url {
         url: String,
+        client: Box<HttpsClient>,
         refresh: Duration,
         min_refetch_interval: Duration,
     },
@@ -44,25 +58,27 @@ impl Drop for JwksSource {
 }
 
 impl JwksSource {
-    pub fn new(cfg: &JwksConfig, auth: &AuthConfig) -> Self {
+    pub fn new(cfg: &JwksConfig, auth: &AuthConfig) -> Result<Self, String> {
         let kind = match cfg {
             JwksConfig::File(p) => Kind::File(p.clone()),
             JwksConfig::Url {
                 url,
+                ca_file,
                 refresh,
                 min_refetch_interval,
             } => Kind::Url {
                 url: url.clone(),
+                client: Box::new(https_client(ca_file.as_deref())?),
                 refresh: *refresh,
                 min_refetch_interval: *min_refetch_interval,
             },
         };
-        JwksSource {
+        Ok(JwksSource {
             kind,
             cfg: auth.clone(),
             last_fetch: tokio::sync::Mutex::new(Instant::now()),
             refresher: Default::default(),
-        }
+        })
     }
 
     /// The keys now: the file's, or a fresh fetch of the URL.
@@ -72,8 +88,8 @@ impl JwksSource {
                 let bytes = std::fs::read(path).map_err(|e| format!("JWKS file {}: {e}", path.display()))?;
                 jwks_keys(&bytes, &self.cfg).map_err(|e| format!("JWKS file {}: {e}", path.display()))
             }
-            Kind::Url { url, .. } => {
-                let bytes = fetch(url).await.map_err(|e| format!("JWKS {url}: {e}"))?;
+            Kind::Url { url, client, .. } => {
+                let bytes = fetch(client, url).await.map_err(|e| format!("JWKS {url}: {e}"))?;
                 *self.last_fetch.lock().await = Instant::now();
                 jwks_keys(&bytes, &self.cfg).map_err(|e| format!("JWKS {url}: {e}"))
             }
@@ -84,7 +100,10 @@ impl JwksSource {
     /// `min_refetch_interval`; concurrent callers wait for one fetch.
     pub async fn refetch(&self) -> Option<Vec<Key>> {
         let Kind::Url {
-            url, min_refetch_interval, ..
+            url,
+            client,
+            min_refetch_interval,
+            ..
         } = &self.kind
         else {
             return None;
@@ -94,7 +113,7 @@ impl JwksSource {
             return None;
         }
         *last = Instant::now();
-        match fetch(url).await.and_then(|b| jwks_keys(&b, &self.cfg)) {
+        match fetch(client, url).await.and_then(|b| jwks_keys(&b, &self.cfg)) {
             Ok(keys) => {
                 tracing::info!(url, keys = keys.len(), "JWKS refetched for an unknown kid");
                 Some(keys)
@@ -108,14 +127,16 @@ impl JwksSource {
 
     /// Starts the periodic refresh (URL sources only).
     pub fn start_refresh(&self, verifier: Weak<Verifier>) {
-        let Kind::Url { url, refresh, .. } = &self.kind else { return };
-        let (url, refresh) = (url.clone(), *refresh);
+        let Kind::Url { url, client, refresh, .. } = &self.kind else {
+            return;
+        };
+        let (url, client, refresh) = (url.clone(), (**client).clone(), *refresh);
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(refresh).await;
                 let Some(verifier) = verifier.upgrade() else { return };
                 let Some(src) = &verifier.jwks else { return };
-                match fetch(&url).await.and_then(|b| jwks_keys(&b, &src.cfg)) {
+                match fetch(&client, &url).await.and_then(|b| jwks_keys(&b, &src.cfg)) {
                     Ok(keys) => {
                         *src.last_fetch.lock().await = Instant::now();
                         verifier.install(keys);
@@ -128,11 +149,58 @@ impl JwksSource {
     }
 }
 
-async fn fetch(url: &str) -> Result<Vec<u8>, String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+/// The client every fetch of one source uses: TLS with `ca_file`'s roots
+/// when set, else the system's (Mozilla's, bundled, when the system has
+/// none, as in a scratch image).
+fn https_client(ca_file: Option<&Path>) -> Result<HttpsClient, String> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in pem_certificates(path)? {
+                roots.add(cert).map_err(|e| format!("auth.jwks.ca_file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            if added == 0 {
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(rustls::crypto::aws_lc_rs::default_provider().into())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    // No pooling: fetches are minutes apart, and each one checks the
+    // server's certificate afresh.
+    Ok(Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector))
+}
+
+/// The certificates of a PEM file (a CA bundle); at least one.
+pub fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown}: no PEM certificate in it"));
+    }
+    Ok(certs)
+}
+
+async fn fetch(client: &HttpsClient, url: &str) -> Result<Vec<u8>, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
     let get = async {
-        let resp = client.get(uri).await.map_err(|e| format!("request failed: {e}"))?;
+        // The whole cause: "client error (Connect)" alone would not say that
+        // the certificate was refused.
+        let resp = client.get(uri).await.map_err(|e| format!("request failed: {}", causes(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }
@@ -145,4 +213,12 @@ async fn fetch(url: &str) -> Result<Vec<u8>, String> {
     tokio::time::timeout(FETCH_TIMEOUT, get)
         .await
         .map_err(|_| "timed out".to_string())?
+}
+
+/// `err` and its sources, joined.
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(err), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }

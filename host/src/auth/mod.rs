@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
 use crate::headers::{is_safe_value, value};
-pub use jwks::JwksSource;
+pub use jwks::{JwksSource, pem_certificates};
 use keys::KeySet;
 
 /// Longest token accepted; larger ones are refused before any parsing.
@@ -170,7 +170,7 @@ impl Verifier {
     /// Builds the verifier, loading PEM keys and the JWKS (file or first fetch).
     pub async fn new(cfg: &AuthConfig) -> Result<Arc<Verifier>, String> {
         let static_keys = keys::static_keys(cfg)?;
-        let jwks = cfg.jwks.as_ref().map(|j| JwksSource::new(j, cfg));
+        let jwks = cfg.jwks.as_ref().map(|j| JwksSource::new(j, cfg)).transpose()?;
         let verifier = Arc::new(Verifier {
             static_keys,
             keys: ArcSwap::from_pointee(KeySet::default()),

@@ -165,6 +165,7 @@ struct RawKey {
 struct RawJwks {
     file: Option<Spanned<PathBuf>>,
     url: Option<Spanned<String>>,
+    ca_file: Option<Spanned<PathBuf>>,
     refresh: Option<Dur>,
     min_refetch_interval: Option<Dur>,
 }
@@ -281,6 +282,9 @@ pub enum JwksConfig {
     File(PathBuf),
     Url {
         url: String,
+        /// Trust only this PEM bundle's roots (a private issuer), instead
+        /// of the system's.
+        ca_file: Option<PathBuf>,
         refresh: Duration,
         min_refetch_interval: Duration,
     },
@@ -443,16 +447,45 @@ fn jwks_config(j: RawJwks, base: &Path, file: &Path, src: &str) -> Result<JwksCo
     match (j.file, j.url) {
         (Some(f), None) => Ok(JwksConfig::File(base.join(f.into_inner()))),
         (None, Some(u)) => {
-            if !u.get_ref().starts_with("http://") {
-                let msg = "auth.jwks.url: only http:// URLs are supported (serve the JWKS from a local sidecar or use `file`)";
-                return Err(ConfigError::new(file, Some(line_of(src, u.span().start)), msg));
-            }
+            let at = Some(line_of(src, u.span().start));
+            jwks_url_allowed(u.get_ref()).map_err(|msg| ConfigError::new(file, at, format!("auth.jwks.url: {msg}")))?;
+            let ca_file = match j.ca_file {
+                Some(ca) => {
+                    let at = Some(line_of(src, ca.span().start));
+                    let path = base.join(ca.into_inner());
+                    crate::auth::pem_certificates(&path).map_err(|e| ConfigError::new(file, at, format!("auth.jwks.ca_file: {e}")))?;
+                    Some(path)
+                }
+                None => None,
+            };
             Ok(JwksConfig::Url {
                 url: u.into_inner(),
+                ca_file,
                 refresh: j.refresh.map_or(Duration::from_secs(300), |d| d.0),
                 min_refetch_interval: j.min_refetch_interval.map_or(Duration::from_secs(30), |d| d.0),
             })
         }
         _ => Err(ConfigError::new(file, None, "auth.jwks: set exactly one of `file` or `url`")),
+    }
+}
+
+/// A JWKS URL is `https://`, or `http://` to a loopback address (a local
+/// sidecar): keys fetched in the clear could be replaced on the way.
+fn jwks_url_allowed(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let ip = host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>();
+            if host.eq_ignore_ascii_case("localhost") || ip.is_ok_and(|ip| ip.is_loopback()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{url:?}: plain http:// is accepted only for a loopback address; use https:// (anyone on the path could inject signing keys)"
+                ))
+            }
+        }
+        _ => Err(format!("{url:?}: the scheme must be https://")),
     }
 }
