@@ -138,7 +138,12 @@ fn engine_config(limits: &PluginsConfig, strategy: Strategy) -> Config {
         // fewer page faults per request (the `wasmtime serve` fast settings).
         .linear_memory_keep_resident(1 << 20)
         .table_keep_resident(1 << 20)
-        .pagemap_scan(Enabled::Auto);
+        // Not PAGEMAP_SCAN: it resets only the pages the kernel reports
+        // dirty and misses dirty pages that were swapped out, so on a host
+        // with swap a slot's next instance could read the last request's
+        // memory (wasmtime PR #14357). memset + madvise is complete.
+        // docs/decisions/pagemap-scan-off.md has the cost.
+        .pagemap_scan(Enabled::No);
     let mut config = Config::new();
     config
         .strategy(strategy)
