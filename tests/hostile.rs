@@ -34,6 +34,11 @@ fn path_escapes_from_a_public_prefix_land_on_the_protected_route_or_400() {
     let resp = gw.get_as("/webhooks/polar/%2e%2e/%2e%2e/api/v1/users/7?q=1", &token("1", None));
     assert_eq!(resp.json()["service"], "user-service");
     assert_eq!(resp.json()["path"], "/api/v1/users/7?q=1");
+    // Raw UTF-8 in the target (the URI parser lets it through) reaches the
+    // service percent-encoded, as the bytes the client sent (found by fuzzing:
+    // it used to be re-encoded as Latin-1).
+    let resp = gw.get_as("/api/v1/users/caf\u{e9}/%c3%a9", &token("1", None));
+    assert_eq!(resp.json()["path"], "/api/v1/users/caf%C3%A9/%C3%A9", "{}", resp.text());
     // Separators a downstream could decode differently, control bytes, broken escapes, climbing above the root.
     for path in [
         "/webhooks/polar/..%2f..%2fapi/v1/users",

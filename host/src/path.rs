@@ -3,7 +3,8 @@
 //!
 //! Following RFC 3986 §6.2.2: percent-encoded unreserved characters are
 //! decoded (`%75sers` is `users`), remaining escapes get upper-case hex, dot
-//! segments are resolved and repeated slashes merged. What a downstream could
+//! segments are resolved and repeated slashes merged, raw UTF-8 is
+//! percent-encoded (so the result is ASCII). What a downstream could
 //! read as a different path is refused instead: an encoded `/` or `\`, a raw
 //! `\`, a NUL or control byte, a broken escape, or `..` climbing above the root.
 
@@ -67,9 +68,14 @@ fn decode_segment(raw: &str, out: &mut String) -> Result<(), PathError> {
             }
             b'\\' => return Err(PathError::AmbiguousSeparator),
             0..=0x1f | 0x7f => return Err(PathError::ControlByte),
+            // Raw UTF-8 (the URI parser lets it through): percent-encoded
+            // byte by byte, the form a URI gives it (RFC 3987 §3.1), so the
+            // service gets the bytes the client sent and the result is ASCII.
+            0x80.. => {
+                out.push_str(&format!("%{b:02X}"));
+                i += 1;
+            }
             _ => {
-                // Bytes ≥ 0x80 cannot appear: `raw` comes from a parsed URI,
-                // which only holds visible ASCII.
                 out.push(b as char);
                 i += 1;
             }
@@ -192,6 +198,8 @@ mod tests {
             ("/api/./areas/.", "/api/areas/"),
             ("/api/v1/%75sers", "/api/v1/users"),
             ("/a/%c3%a9", "/a/%C3%A9"),
+            ("/a/é", "/a/%C3%A9"),
+            ("/a/%C3%A9/é", "/a/%C3%A9/%C3%A9"),
             ("/api/..", "/"),
         ];
         for (input, want) in cases {

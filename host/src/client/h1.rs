@@ -115,7 +115,12 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
             connection.push(h.value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
             length = Some(merge_length(length, h.value)?);
-            length_fields += if h.value.contains(&b',') { 2 } else { 1 };
+            // A list, or leading zeros: not one canonical value.
+            length_fields += if h.value.contains(&b',') || (h.value.len() > 1 && h.value[0] == b'0') {
+                2
+            } else {
+                1
+            };
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding.push(h.value);
         }
@@ -309,6 +314,12 @@ mod tests {
         assert_eq!(h.framing, Framing::Length(208));
         let lengths: Vec<_> = h.headers.get_all("content-length").iter().collect();
         assert_eq!(lengths, ["208"], "a list is forwarded as one value");
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 007\r\n\r\n");
+        assert_eq!(
+            h.headers.get_all("content-length").iter().collect::<Vec<_>>(),
+            ["7"],
+            "found by fuzzing"
+        );
         let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n");
         assert_eq!(h.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["7"]);
         let h = parse("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
