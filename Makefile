@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test audit build plugins lint bench bench-instructions bench-plugins bench-plugin-floor bench-reload pgo
+.PHONY: run test audit fuzz build plugins lint bench bench-instructions bench-plugins bench-plugin-floor bench-reload pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -16,6 +16,10 @@ test: plugins audit
 # Every Cargo.lock against the RustSec advisory snapshot, offline.
 audit:
 	./scripts/audit.sh
+
+# Every fuzz target for FUZZ_SECONDS (default 60) each, on nightly.
+fuzz:
+	./scripts/fuzz.sh
 
 build: plugins
 	cargo build --release --workspace

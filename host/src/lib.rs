@@ -27,6 +27,9 @@ pub mod client;
 pub mod config;
 pub mod context;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
 pub mod logsink;

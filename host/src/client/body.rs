@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 
 use super::Return;
@@ -16,14 +16,26 @@ use super::h1::{self, Framing};
 /// A chunk-size line longer than this (extensions included) is malformed.
 const MAX_CHUNK_LINE: usize = 4096;
 
-enum State {
+pub enum State {
     Length(u64),
     Chunked(Chunk),
     Close,
     Done,
 }
 
-enum Chunk {
+impl State {
+    /// Where decoding a body framed as `framing` starts.
+    pub fn new(framing: Framing) -> State {
+        match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunk::Size),
+            Framing::Close => State::Close,
+        }
+    }
+}
+
+pub enum Chunk {
     Size,
     Data(u64),
     DataEnd,
@@ -45,12 +57,7 @@ pub struct PooledBody {
 
 impl PooledBody {
     pub(super) fn new(conn: Conn, framing: Framing, keep_alive: bool, sending: Option<Sending>, max_trailers: usize, back: Return) -> Self {
-        let state = match framing {
-            Framing::Empty | Framing::Length(0) => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(Chunk::Size),
-            Framing::Close => State::Close,
-        };
+        let state = State::new(framing);
         let mut body = PooledBody {
             conn: Some(conn),
             sending,
@@ -135,12 +142,31 @@ impl Body for PooledBody {
     }
 }
 
+/// Where a body decoder reads from: the connection, or (fuzzing) bytes in
+/// memory handed over a few at a time.
+pub trait Source {
+    /// Bytes read and not yet consumed.
+    fn rbuf(&mut self) -> &mut BytesMut;
+    /// Reads more into [`Source::rbuf`]: `Ok(0)` at end of stream.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>>;
+}
+
+impl Source for Conn {
+    fn rbuf(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        Conn::poll_read_more(self, cx)
+    }
+}
+
 fn malformed(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("malformed response body: {what}"))
 }
 
 /// Reads more into the buffer; the upstream closing here cuts the body short.
-fn fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+fn fill(conn: &mut impl Source, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     match ready!(conn.poll_read_more(cx))? {
         0 => Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed mid-body"))),
         _ => Poll::Ready(Ok(())),
@@ -148,16 +174,23 @@ fn fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
 }
 
 /// Up to `left` bytes from the buffer (reading if it is empty).
-fn take(conn: &mut Conn, left: &mut u64, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
-    if conn.rbuf.is_empty() {
+fn take(conn: &mut impl Source, left: &mut u64, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+    if conn.rbuf().is_empty() {
         ready!(fill(conn, cx))?;
     }
-    let n = (*left).min(conn.rbuf.len() as u64) as usize;
+    let rbuf = conn.rbuf();
+    let n = (*left).min(rbuf.len() as u64) as usize;
     *left -= n as u64;
-    Poll::Ready(Ok(conn.rbuf.split_to(n).freeze()))
+    Poll::Ready(Ok(rbuf.split_to(n).freeze()))
 }
 
-fn decode(state: &mut State, conn: &mut Conn, max_trailers: usize, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+/// The next frame of a body framed as `state` says, read from `conn`.
+pub fn decode(
+    state: &mut State,
+    conn: &mut impl Source,
+    max_trailers: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Option<io::Result<Frame<Bytes>>>> {
     loop {
         match state {
             State::Done => return Poll::Ready(None),
@@ -169,22 +202,22 @@ fn decode(state: &mut State, conn: &mut Conn, max_trailers: usize, cx: &mut Cont
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             State::Close => {
-                if conn.rbuf.is_empty() && ready!(conn.poll_read_more(cx))? == 0 {
+                if conn.rbuf().is_empty() && ready!(conn.poll_read_more(cx))? == 0 {
                     *state = State::Done;
                     return Poll::Ready(None);
                 }
-                return Poll::Ready(Some(Ok(Frame::data(conn.rbuf.split().freeze()))));
+                return Poll::Ready(Some(Ok(Frame::data(conn.rbuf().split().freeze()))));
             }
             State::Chunked(Chunk::Size) => {
-                let Some(end) = conn.rbuf.windows(2).position(|w| w == b"\r\n") else {
-                    if conn.rbuf.len() > MAX_CHUNK_LINE {
+                let Some(end) = conn.rbuf().windows(2).position(|w| w == b"\r\n") else {
+                    if conn.rbuf().len() > MAX_CHUNK_LINE {
                         return Poll::Ready(Some(Err(malformed("chunk size line too long"))));
                     }
                     ready!(fill(conn, cx))?;
                     continue;
                 };
-                let size = h1::chunk_size(&conn.rbuf[..end]).ok_or_else(|| malformed("bad chunk size"))?;
-                conn.rbuf.advance(end + 2);
+                let size = h1::chunk_size(&conn.rbuf()[..end]).ok_or_else(|| malformed("bad chunk size"))?;
+                conn.rbuf().advance(end + 2);
                 *state = State::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
             }
             State::Chunked(Chunk::Data(left)) => {
@@ -195,26 +228,26 @@ fn decode(state: &mut State, conn: &mut Conn, max_trailers: usize, cx: &mut Cont
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             State::Chunked(Chunk::DataEnd) => {
-                if conn.rbuf.len() < 2 {
+                if conn.rbuf().len() < 2 {
                     ready!(fill(conn, cx))?;
                     continue;
                 }
-                if &conn.rbuf[..2] != b"\r\n" {
+                if &conn.rbuf()[..2] != b"\r\n" {
                     return Poll::Ready(Some(Err(malformed("chunk not followed by CRLF"))));
                 }
-                conn.rbuf.advance(2);
+                conn.rbuf().advance(2);
                 *state = State::Chunked(Chunk::Size);
             }
             State::Chunked(Chunk::Trailers) => {
-                if conn.rbuf.starts_with(b"\r\n") {
-                    conn.rbuf.advance(2);
+                if conn.rbuf().starts_with(b"\r\n") {
+                    conn.rbuf().advance(2);
                     *state = State::Done;
                     return Poll::Ready(None);
                 }
-                match h1::parse_trailers(&conn.rbuf, max_trailers) {
+                match h1::parse_trailers(conn.rbuf(), max_trailers) {
                     Err(e) => return Poll::Ready(Some(Err(malformed(&e.to_string())))),
                     Ok(Some((len, trailers))) => {
-                        conn.rbuf.advance(len);
+                        conn.rbuf().advance(len);
                         *state = State::Done;
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }

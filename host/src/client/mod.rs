@@ -365,6 +365,13 @@ impl Return {
     }
 }
 
+/// The wire format's parsers, for the fuzzing oracles.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzz_api {
+    pub use super::body::{Source, State, decode};
+    pub use super::h1::{Framing, Head, parse_head};
+}
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -1,0 +1,4 @@
+//! See `gatehouse::fuzzing::upstream_response` for the input format and the properties.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gatehouse::fuzzing::upstream_response(data));
