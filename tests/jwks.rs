@@ -48,16 +48,23 @@ fn pki(name: &str) -> Pki {
 }
 
 /// A local HTTPS server answering every GET with the current JWKS, under
-/// the good or the rogue certificate; counts completed fetches.
+/// a certificate of the CA in `ca_file`, or (`rogue`) of another CA;
+/// counts completed fetches.
 struct JwksServer {
     port: u16,
     jwks: Arc<Mutex<String>>,
     rogue: Arc<AtomicBool>,
     fetches: Arc<AtomicUsize>,
+    ca_file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl JwksServer {
-    fn start(good: &Pki, rogue: &Pki, jwks: &str) -> JwksServer {
+    fn start(jwks: &str) -> JwksServer {
+        let (good, rogue) = (pki("good"), pki("rogue"));
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &good.ca_pem).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -66,6 +73,8 @@ impl JwksServer {
             jwks: Arc::new(Mutex::new(jwks.to_string())),
             rogue: Arc::new(AtomicBool::new(false)),
             fetches: Arc::new(AtomicUsize::new(0)),
+            ca_file,
+            _dir: dir,
         };
         let (configs, doc, use_rogue, fetches) = (
             [good.server.clone(), rogue.server.clone()],
@@ -116,13 +125,13 @@ fn rs256_token(key_file: &str, kid: &str, sub: &str) -> String {
     jsonwebtoken::encode(&header, &json!({"sub": sub, "exp": now() + 600}), &key).unwrap()
 }
 
-fn setup(server: &JwksServer, ca_file: &std::path::Path) -> Setup {
+fn setup(server: &JwksServer) -> Setup {
     Setup {
         secret: None,
         auth: format!(
             "\n[auth.jwks]\nurl = \"https://127.0.0.1:{}/jwks.json\"\nca_file = {:?}\nmin_refetch_interval = \"50ms\"\n",
             server.port,
-            ca_file.display().to_string()
+            server.ca_file.display().to_string()
         ),
         shipped_routes: false,
         routes: vec![(
@@ -135,13 +144,9 @@ fn setup(server: &JwksServer, ca_file: &std::path::Path) -> Setup {
 
 #[test]
 fn jwks_over_https_rotates_and_a_wrong_certificate_keeps_the_last_good_keys() {
-    let (good, rogue) = (pki("good"), pki("rogue"));
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &good.ca_pem).unwrap();
-    let server = JwksServer::start(&good, &rogue, &keys_file("jwks.json"));
+    let server = JwksServer::start(&keys_file("jwks.json"));
     let demo = Demo::start();
-    let gw = Gateway::start(&demo, setup(&server, &ca_file));
+    let gw = Gateway::start(&demo, setup(&server));
     assert_eq!(server.fetches.load(Ordering::SeqCst), 1, "the keys were fetched at start");
 
     let first = rs256_token("rs256.key", "rsa-1", "alice");
@@ -181,14 +186,10 @@ fn jwks_over_https_rotates_and_a_wrong_certificate_keeps_the_last_good_keys() {
 
 #[test]
 fn a_server_the_ca_did_not_sign_is_refused_at_start_with_the_reason() {
-    let (good, rogue) = (pki("good"), pki("rogue"));
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &good.ca_pem).unwrap();
-    let server = JwksServer::start(&good, &rogue, &keys_file("jwks.json"));
+    let server = JwksServer::start(&keys_file("jwks.json"));
     server.rogue.store(true, Ordering::SeqCst);
     let demo = Demo::start();
-    let (_dir, config) = write_config(&demo, &setup(&server, &ca_file));
+    let (_dir, config) = write_config(&demo, &setup(&server));
     let out = gatehouse_cmd().arg("--config").arg(&config).arg("check").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
