@@ -71,33 +71,42 @@ async fn codings_the_gateway_cannot_decode_are_refused_and_the_pool_stays_clean(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00",
         b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ] {
-        // The first answer is the bad one, then good ones.
-        let answered = Arc::new(AtomicBool::new(false));
-        let (upstream, opened) = scripted(move |mut s| {
-            let answered = answered.clone();
-            async move {
-                while !read_until(&mut s, b"\r\n\r\n").await.is_empty() {
-                    let good = answered.swap(true, Ordering::SeqCst);
-                    write(
-                        &mut s,
-                        if good {
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                        } else {
-                            answer
-                        },
-                    )
-                    .await;
-                }
+        let err = refused_then_clean(answer).await;
+        assert!(matches!(err, HeadError::TransferCoding), "{answer:?}: {err:?}");
+    }
+}
+
+/// Sends a request that gets `answer` (refused by the client), then one
+/// that gets a good answer: it must come on a connection of its own, clean.
+/// Returns why the first was refused.
+async fn refused_then_clean(answer: &'static [u8]) -> HeadError {
+    let answered = Arc::new(AtomicBool::new(false));
+    let (upstream, opened) = scripted(move |mut s| {
+        let answered = answered.clone();
+        async move {
+            while !read_until(&mut s, b"\r\n\r\n").await.is_empty() {
+                let good = answered.swap(true, Ordering::SeqCst);
+                write(
+                    &mut s,
+                    if good {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    } else {
+                        answer
+                    },
+                )
+                .await;
             }
-        })
-        .await;
-        let client = client(Duration::from_secs(60));
-        let err = client.request(&upstream, get_req()).await.unwrap_err();
-        assert!(matches!(bad_response(&err), Some(HeadError::TransferCoding)), "{answer:?}: {err:?}");
-        // The next request gets its own connection and a clean answer.
-        let resp = client.request(&upstream, get_req()).await.unwrap();
-        assert_eq!(body_of(resp).await, "ok");
-        assert_eq!(opened.load(Ordering::SeqCst), 2, "{answer:?}");
+        }
+    })
+    .await;
+    let client = client(Duration::from_secs(60));
+    let err = client.request(&upstream, get_req()).await.unwrap_err();
+    let resp = client.request(&upstream, get_req()).await.unwrap();
+    assert_eq!(body_of(resp).await, "ok");
+    assert_eq!(opened.load(Ordering::SeqCst), 2, "{answer:?}: the refused connection was reused");
+    match err {
+        UpstreamError::BadResponse(e) => e,
+        other => panic!("{answer:?}: {other:?}"),
     }
 }
 
@@ -188,13 +197,9 @@ async fn an_endless_stream_of_interim_heads_is_refused() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_switch_of_protocols_nobody_asked_for_is_refused() {
-    let (upstream, _) = answering(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nsecret bytes",
-        false,
-    )
-    .await;
-    let err = client(Duration::from_secs(60)).request(&upstream, get_req()).await.unwrap_err();
-    assert!(matches!(bad_response(&err), Some(HeadError::UnaskedSwitch)), "{err:?}");
+    let err =
+        refused_then_clean(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nsecret bytes").await;
+    assert!(matches!(err, HeadError::UnaskedSwitch), "{err:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]
