@@ -3,6 +3,8 @@
 //! before anything listens.
 
 mod gateway;
+#[cfg(test)]
+mod reference;
 mod routes;
 mod units;
 
