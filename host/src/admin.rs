@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::body::{GatewayBody, full};
 use crate::gateway::Gateway;
-use crate::reload::{Outcome, Trigger};
+use crate::reload::{Outcome, Reloads, Trigger};
 
 /// How long `POST /admin/reload` waits for its attempt before answering 202.
 const RELOAD_WAIT: Duration = Duration::from_secs(60);
@@ -119,10 +119,10 @@ fn plugins(gw: &Gateway) -> Value {
 
 /// Prometheus text exposition: reload attempts and refusals, and each
 /// serving plugin version's calls and failures.
-fn metrics(gw: &Gateway) -> String {
+fn metrics(gw: &Gateway, reloads: &Reloads) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let c = &gw.reloads.counts;
+    let c = &reloads.counts;
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     out.push_str("# HELP gatehouse_reloads_total Reload attempts by outcome.\n# TYPE gatehouse_reloads_total counter\n");
     for (outcome, v) in [
@@ -179,9 +179,8 @@ fn label(value: &str) -> String {
 }
 
 /// Recent reload attempts, newest first.
-fn reloads(gw: &Gateway) -> Value {
-    let list: Vec<Value> = gw
-        .reloads
+fn recent_reloads(reloads: &Reloads) -> Value {
+    let list: Vec<Value> = reloads
         .recent()
         .iter()
         .map(|a| serde_json::to_value(&**a).unwrap_or(Value::Null))
@@ -191,8 +190,8 @@ fn reloads(gw: &Gateway) -> Value {
 
 /// Reloads now and answers with the attempt: 200 when it applied (or found
 /// nothing to do), 422 when something was refused.
-async fn reload(gw: &Gateway) -> Response<GatewayBody> {
-    let waited = tokio::time::timeout(RELOAD_WAIT, gw.reloads.request(Trigger::Admin)).await;
+async fn reload(reloads: &Reloads) -> Response<GatewayBody> {
+    let waited = tokio::time::timeout(RELOAD_WAIT, reloads.request(Trigger::Admin)).await;
     match waited {
         Ok(Some(attempt)) => {
             let status = match attempt.outcome {
@@ -206,37 +205,38 @@ async fn reload(gw: &Gateway) -> Response<GatewayBody> {
     }
 }
 
-async fn route_admin<B>(gw: &Gateway, req: &Request<B>) -> Response<GatewayBody> {
+async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, req: &Request<B>) -> Response<GatewayBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") if gw.is_draining() => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"})),
         (&Method::GET, "/readyz") => json_response(StatusCode::OK, &json!({"status": "ready"})),
         (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &routes(gw)),
         (&Method::GET, "/admin/plugins") => json_response(StatusCode::OK, &plugins(gw)),
-        (&Method::GET, "/admin/reloads") => json_response(StatusCode::OK, &reloads(gw)),
+        (&Method::GET, "/admin/reloads") => json_response(StatusCode::OK, &recent_reloads(reloads)),
         (&Method::GET, "/metrics") => {
-            let mut resp = Response::new(full(Bytes::from(metrics(gw))));
+            let mut resp = Response::new(full(Bytes::from(metrics(gw, reloads))));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             resp
         }
-        (&Method::POST, "/admin/reload") => reload(gw).await,
+        (&Method::POST, "/admin/reload") => reload(reloads).await,
         (_, "/admin/reload") => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use POST"})),
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }
 
-/// Serves admin requests until the task is aborted.
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
+/// Serves admin requests until the task is aborted: what serves from the
+/// gateway, reloads through their queue and records.
+pub async fn serve(gw: Arc<Gateway>, reloads: Arc<Reloads>, listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let gw = gw.clone();
+        let (gw, reloads) = (gw.clone(), reloads.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let gw = gw.clone();
-                async move { Ok::<_, Infallible>(route_admin(&gw, &req).await) }
+                let (gw, reloads) = (gw.clone(), reloads.clone());
+                async move { Ok::<_, Infallible>(route_admin(&gw, &reloads, &req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -1,26 +1,35 @@
-//! `Gateway`: everything a request needs, built once at start and shared;
-//! the routing snapshot inside it is swapped whole by reloads.
+//! `Gateway`: everything a request needs, built once at start and shared,
+//! and `Gateway::handle`: the stages, called in order, and nothing else.
+//!
+//! ```text
+//! request_id → admit → route → authenticate → identity → component → upstream
+//!                                   (any stage may end it with an error)
+//! → echo request id → log
+//! ```
+//!
+//! The routing snapshot it reads ([`Live`]) is swapped whole by the
+//! reloader, which holds the same handle and nothing else of the gateway.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
+
 use crate::auth::Verifier;
+use crate::body::GatewayBody;
 use crate::client::UpstreamClient;
 use crate::config::Config;
-use crate::reload::Reloads;
-use crate::snapshot::Snapshot;
+use crate::context::{Peer, RequestCtx};
+use crate::error::GatewayError;
+use crate::snapshot::{Live, Snapshot};
+use crate::stage;
+use crate::stage::admit::Limits;
+use crate::stage::component::Handled;
 use crate::wasm::Runtime;
-
-/// Request limits enforced by the admit stage.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-}
 
 /// The gateway: configuration, routing snapshot, verifier and upstream pool.
 pub struct Gateway {
@@ -30,16 +39,14 @@ pub struct Gateway {
     pub upstream: UpstreamClient,
     /// The WebAssembly engine and linker, shared by every plugin version.
     pub runtime: Arc<Runtime>,
-    snapshot: ArcSwap<Snapshot>,
-    /// Reload requests and the record of recent attempts.
-    pub reloads: Reloads,
+    live: Live,
     trusted: Vec<IpNet>,
     draining: AtomicBool,
 }
 
 impl Gateway {
     /// Builds the gateway from checked configuration.
-    pub async fn new(config: Config, runtime: Arc<Runtime>, snapshot: Snapshot) -> Result<Arc<Gateway>, String> {
+    pub async fn new(config: Config, runtime: Arc<Runtime>, live: Live) -> Result<Arc<Gateway>, String> {
         let verifier = Verifier::new(&config.auth).await?;
         let limits = Limits {
             max_header_bytes: config.server.max_header_bytes,
@@ -50,8 +57,7 @@ impl Gateway {
             verifier,
             upstream: UpstreamClient::new(&config.upstream),
             runtime,
-            snapshot: ArcSwap::from_pointee(snapshot),
-            reloads: Reloads::new(),
+            live,
             trusted: config.server.trusted_proxies.clone(),
             draining: AtomicBool::new(false),
             config,
@@ -60,13 +66,7 @@ impl Gateway {
 
     /// The routing snapshot now; held for the whole request.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Makes `snapshot` the one new requests see. Requests in flight keep
-    /// theirs; the old one is dropped when the last of them ends.
-    pub fn swap(&self, snapshot: Snapshot) {
-        self.snapshot.store(Arc::new(snapshot));
+        self.live.load()
     }
 
     /// True when `ip` is a configured trusted proxy.
@@ -85,5 +85,42 @@ impl Gateway {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+impl Gateway {
+    /// Handles one request from a client connection. Never fails: every error
+    /// becomes a response carrying the request id.
+    pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<GatewayBody> {
+        let mut ctx = RequestCtx::new(peer, req.method().clone(), req.uri().path());
+        stage::request_id::assign(&mut ctx, req.headers());
+        let snapshot = self.snapshot();
+        let mut resp = match self.run(&snapshot, &mut ctx, req).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                ctx.fail(&err);
+                err.into_response(ctx.request_id())
+            }
+        };
+        stage::request_id::echo(&ctx, &mut resp);
+        stage::log::record(&ctx, &resp);
+        resp
+    }
+
+    async fn run(
+        &self,
+        snapshot: &Snapshot,
+        ctx: &mut RequestCtx,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<GatewayBody>, GatewayError> {
+        stage::admit::check(ctx, &req, &self.limits)?;
+        stage::route::resolve(ctx, &snapshot.router, &mut req)?;
+        stage::authenticate::run(ctx, req.headers(), &self.verifier).await?;
+        stage::identity::apply(ctx, req.headers_mut())?;
+        match stage::component::run(ctx, &self.runtime, &self.upstream, snapshot, req).await? {
+            Handled::Native(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
+            Handled::Forward(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
+            Handled::Respond(resp) => Ok(resp),
+        }
     }
 }

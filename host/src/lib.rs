@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! ```text
-//! server ──accept──▶ Gateway::handle (pipeline)
+//! server ──accept──▶ Gateway::handle (gateway.rs: the pipeline)
 //!                     request_id → admit → route → authenticate → identity
 //!                     → component → upstream → echo request id → log
 //!   config   gatehouse.toml + routes/*.toml → validated types (file:line errors)
@@ -34,7 +34,6 @@ pub mod gateway;
 pub mod headers;
 pub mod logsink;
 pub mod path;
-mod pipeline;
 pub mod reload;
 pub mod router;
 pub mod server;

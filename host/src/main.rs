@@ -9,6 +9,8 @@ use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand, ValueEnum};
 use gatehouse::config::Config;
 use gatehouse::gateway::Gateway;
+use gatehouse::reload::{Reloader, Reloads};
+use gatehouse::snapshot::Live;
 use gatehouse::snapshot::load_snapshot;
 use gatehouse::wasm::Runtime;
 use serde_json::{Value, json};
@@ -141,14 +143,23 @@ fn serve(config: Option<PathBuf>, workers: Option<usize>) -> anyhow::Result<()> 
     }
     rt.block_on(async move {
         let (listen, admin_addr) = (config.server.listen, config.server.admin);
-        let gw = Gateway::new(config, wasm, snapshot).await.map_err(|e| anyhow!(e))?;
+        // The request path and the reloader share the live snapshot and
+        // nothing else.
+        let live = Live::new(snapshot);
+        let reloader = Arc::new(Reloader {
+            config: config.clone(),
+            runtime: wasm.clone(),
+            live: live.clone(),
+            reloads: Arc::new(Reloads::new()),
+        });
+        let gw = Gateway::new(config, wasm, live).await.map_err(|e| anyhow!(e))?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let admin = tokio::net::TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("cannot listen on {admin_addr} (admin)"))?;
-        gatehouse::server::run(gw, listener, admin, shutdown_signal()).await;
+        gatehouse::server::run(gw, reloader, listener, admin, shutdown_signal()).await;
         tracing::info!("stopped");
         Ok(())
     })

@@ -16,7 +16,7 @@ use crate::admin;
 use crate::config::ServerConfig;
 use crate::context::Peer;
 use crate::gateway::Gateway;
-use crate::reload;
+use crate::reload::{self, Reloader};
 
 /// The connection builder. hyper's own limits sit at twice the configured
 /// ones: requests between the two get the gateway's 431 with a JSON body and
@@ -38,16 +38,17 @@ fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// Serves the public and admin listeners until `shutdown` resolves, then
 /// stops accepting, drains in-flight requests for up to the grace period and
 /// returns.
-pub async fn run(gw: Arc<Gateway>, listener: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
+pub async fn run(gw: Arc<Gateway>, reloader: Arc<Reloader>, listener: TcpListener, admin: TcpListener, shutdown: impl Future<Output = ()>) {
     let cfg = gw.config.server.clone();
+    let reloads = reloader.reloads.clone();
     // Watching starts before "listening" is logged: a file written after
     // that line is always seen.
-    let reload_task = reload::spawn(gw.clone());
+    let reload_task = reload::spawn(reloader);
     if let (Ok(addr), Ok(admin_addr)) = (listener.local_addr(), admin.local_addr()) {
         let routes = gw.snapshot().router.routes().len();
         tracing::info!(%addr, admin = %admin_addr, routes, "listening");
     }
-    let admin_task = tokio::spawn(admin::serve(gw.clone(), admin));
+    let admin_task = tokio::spawn(admin::serve(gw.clone(), reloads, admin));
     let heartbeat_task = tokio::spawn(heartbeat());
     let builder = builder(&cfg);
     let permits = Arc::new(Semaphore::new(cfg.max_connections));

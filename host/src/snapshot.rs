@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 
@@ -28,6 +29,28 @@ pub struct Snapshot {
     /// Route files that were refused (their hashes) and why: not retried
     /// until one of them changes again.
     routes_refused: Option<Arc<(BTreeMap<PathBuf, String>, String)>>,
+}
+
+/// The snapshot new requests run on: read by the request path, swapped
+/// whole by the reloader; each holds a clone (they share one).
+#[derive(Clone)]
+pub struct Live(Arc<ArcSwap<Snapshot>>);
+
+impl Live {
+    pub fn new(snapshot: Snapshot) -> Live {
+        Live(Arc::new(ArcSwap::from_pointee(snapshot)))
+    }
+
+    /// The snapshot now; a request holds it to its end.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    /// Makes `snapshot` the one new requests see. Requests in flight keep
+    /// theirs; the old one is dropped when the last of them ends.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
 }
 
 impl Snapshot {

@@ -6,7 +6,13 @@ use http::{HeaderValue, Method, Request, Version, header};
 
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::gateway::Limits;
+
+/// Request limits enforced by the admit stage.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
 
 pub fn check<B>(ctx: &mut RequestCtx, req: &Request<B>, limits: &Limits) -> Result<(), GatewayError> {
     let headers = req.headers();

@@ -13,17 +13,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
+use crate::client::UpstreamClient;
 use crate::config::{AuthMode, RoutePlugin};
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
 use crate::headers::Contract;
 use crate::snapshot::Snapshot;
 use crate::wasm::bindings::{self, Action, Caller, RequestInfo};
 use crate::wasm::host::PluginState;
 use crate::wasm::load::PluginStats;
 use crate::wasm::outbound::{Outbound, to_http, to_http_response, to_wit_headers};
-use crate::wasm::{CallError, call};
+use crate::wasm::{CallError, Runtime, call};
 
 /// What happens next.
 pub enum Handled {
@@ -35,19 +35,28 @@ pub enum Handled {
     Respond(Response<GatewayBody>),
 }
 
-pub async fn run(ctx: &mut RequestCtx, gw: &Gateway, snapshot: &Snapshot, req: Request<Incoming>) -> Result<Handled, GatewayError> {
+/// Runs the route's plugin, if it has one, on a fresh instance from
+/// `runtime`; its `forward` and `upstream.send` go through `upstream`.
+pub async fn run(
+    ctx: &mut RequestCtx,
+    runtime: &Runtime,
+    upstream: &UpstreamClient,
+    snapshot: &Snapshot,
+    req: Request<Incoming>,
+) -> Result<Handled, GatewayError> {
     // Native routes leave at once, without touching a reference count.
     let Some(rp) = ctx.route()?.plugin.clone() else {
         return Ok(Handled::Native(req));
     };
     // Boxed: the plugin call's future is large, and inline it would make
     // every request's future (boxed and moved per request) that large too.
-    Box::pin(call_plugin(ctx, gw, snapshot, rp, req)).await
+    Box::pin(call_plugin(ctx, runtime, upstream, snapshot, rp, req)).await
 }
 
 async fn call_plugin(
     ctx: &mut RequestCtx,
-    gw: &Gateway,
+    runtime: &Runtime,
+    upstream: &UpstreamClient,
     snapshot: &Snapshot,
     rp: Arc<RoutePlugin>,
     req: Request<Incoming>,
@@ -55,7 +64,7 @@ async fn call_plugin(
     let route = ctx.route()?.clone();
     ctx.plugin = Some(rp.name.as_str().into());
     let plugin = snapshot.plugins.get(&rp.name).map_err(GatewayError::PluginUnavailable)?.clone();
-    let limits = &gw.runtime.limits;
+    let limits = &runtime.limits;
     let max_body = rp.max_body.unwrap_or(limits.max_body).min(route.max_body);
 
     let (parts, body) = req.into_parts();
@@ -99,7 +108,7 @@ async fn call_plugin(
     };
     let contract = Arc::new(Contract::capture(&parts.headers));
     let outbound = Outbound {
-        client: gw.upstream.clone(),
+        client: upstream.clone(),
         service: route.service.clone(),
         upstream: route.upstream.clone(),
         services: snapshot.services.clone(),
