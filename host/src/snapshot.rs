@@ -13,7 +13,8 @@ use tokio::runtime::Handle;
 
 use crate::config::{AuthMode, Config, ConfigError, Upstream, load_routes};
 use crate::router::Router;
-use crate::wasm::load::{Change, hex, load_dir};
+use crate::wasm::load::{hex, load_dir};
+use crate::wasm::plugin::Change;
 use crate::wasm::{LoadedPlugin, PluginSet, Runtime};
 
 /// Everything request handling reads that a reload may replace.

@@ -169,7 +169,7 @@ fn prune_cache_later(reloader: &Arc<Reloader>) {
         .collect();
     let reloader = reloader.clone();
     tokio::task::spawn_blocking(move || {
-        let removed = crate::wasm::load::prune_cache(&reloader.runtime, &serving);
+        let removed = crate::wasm::prune_cache(&reloader.runtime, &serving);
         if removed > 0 {
             tracing::debug!(target: "gatehouse::reload", removed, "compile cache pruned");
         }

@@ -21,8 +21,8 @@ use crate::headers::Contract;
 use crate::snapshot::Snapshot;
 use crate::wasm::bindings::{self, Action, Caller, RequestInfo};
 use crate::wasm::host::PluginState;
-use crate::wasm::load::PluginStats;
 use crate::wasm::outbound::{Outbound, to_http, to_http_response, to_wit_headers};
+use crate::wasm::plugin::PluginStats;
 use crate::wasm::{CallError, Runtime, call};
 
 /// What happens next.

@@ -11,7 +11,7 @@ use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use super::bindings::{Action, Caller, HandlerPre, Request, RequestInfo};
 use super::engine::{Epoch, Runtime};
 use super::host::PluginState;
-use super::load::{LoadedPlugin, PluginStats};
+use super::plugin::{LoadedPlugin, PluginStats};
 
 /// Why a plugin call produced no action.
 #[derive(Debug, thiserror::Error)]

@@ -4,11 +4,8 @@
 //! content never replaces a version that serves (it is recorded next to it
 //! for `/admin/plugins` and the log).
 
-use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
@@ -16,113 +13,10 @@ use tokio::runtime::Handle;
 use wasmtime::component::Component;
 
 use super::bindings::{CONTRACT_VERSION, HANDLER_INTERFACE, HandlerPre};
-use super::engine::{Epoch, Runtime};
+use super::cache::{cache_path, compile};
+use super::engine::Runtime;
 use super::host::PluginState;
-
-/// Per-plugin counters, shown on `/admin/plugins`.
-#[derive(Debug, Default)]
-pub struct PluginStats {
-    pub calls: AtomicU64,
-    pub traps: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub memory_limit: AtomicU64,
-    pub busy: AtomicU64,
-    pub bad_results: AtomicU64,
-}
-
-impl PluginStats {
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// A component ready to instantiate.
-pub struct LoadedPlugin {
-    pub name: Arc<str>,
-    pub sha256: String,
-    /// When this content first served (an optimized rebuild keeps it).
-    pub loaded_at: SystemTime,
-    pub pre: HandlerPre,
-    /// Shared with the optimized rebuild of a baseline version.
-    pub stats: Arc<PluginStats>,
-    /// The compiler of `pre`'s machine code: "cranelift" or "winch".
-    pub compiler: &'static str,
-    /// The epoch clock of `pre`'s engine: calls keep it ticking.
-    pub epoch: Epoch,
-    /// Baseline code waiting for its optimized build: the component bytes.
-    pub pending_optimization: Option<Arc<[u8]>>,
-}
-
-/// Why a file's content was refused.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    /// The content hash, when the file could be read.
-    pub sha256: Option<String>,
-    pub error: String,
-    pub at: SystemTime,
-}
-
-/// One plugin name (a file stem in `plugins/`): the version requests run,
-/// and what became of the newest file content when it was refused.
-#[derive(Clone, Default)]
-pub struct PluginEntry {
-    /// The version routes run; `None` when nothing under this name ever loaded.
-    pub serving: Option<Arc<LoadedPlugin>>,
-    /// The newest content, when it was refused (`serving` keeps serving).
-    pub refused: Option<Refusal>,
-    /// The file is gone but routes still use `serving`, so it stays.
-    pub removed: bool,
-}
-
-/// Every plugin, by name.
-#[derive(Default, Clone)]
-pub struct PluginSet {
-    pub files: BTreeMap<String, PluginEntry>,
-}
-
-impl PluginSet {
-    /// The version of `name` that serves, or why there is none.
-    pub fn get(&self, name: &str) -> Result<&Arc<LoadedPlugin>, String> {
-        match self.files.get(name) {
-            Some(PluginEntry { serving: Some(p), .. }) => Ok(p),
-            Some(PluginEntry { refused: Some(r), .. }) => Err(format!("plugin {name:?} failed to load: {}", r.error)),
-            _ => Err(format!("plugin {name:?} not found (no {name}.wasm in the plugins folder)")),
-        }
-    }
-}
-
-/// What loading did to one plugin name, compared with the previous set.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// New content loaded and now serves.
-    Loaded { name: String, sha256: String },
-    /// New content refused; `kept` says whether an older version still serves.
-    Refused { name: String, error: String, kept: bool },
-    /// The file is gone and nothing uses it any more.
-    Removed { name: String },
-    /// The file is gone but routes use it: the loaded version keeps serving.
-    Retained { name: String },
-    /// The file is back to the content that serves: its refusal is cleared.
-    Restored { name: String },
-}
-
-impl std::fmt::Display for Change {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Change::Loaded { name, sha256 } => write!(f, "{name}.wasm: loaded (sha256 {})", &sha256[..12]),
-            Change::Refused { name, error, kept: true } => {
-                write!(f, "{name}.wasm: refused, the previous version keeps serving: {error}")
-            }
-            Change::Refused { name, error, kept: false } => write!(f, "{name}.wasm: refused: {error}"),
-            Change::Removed { name } => write!(f, "{name}.wasm: removed"),
-            Change::Retained { name } => write!(
-                f,
-                "{name}.wasm: removal refused, routes still use it: the loaded version keeps serving (remove those routes first to retire it)"
-            ),
-            Change::Restored { name } => write!(f, "{name}.wasm: back to the version that serves"),
-        }
-    }
-}
+use super::plugin::{Change, LoadedPlugin, PluginEntry, PluginSet, Refusal};
 
 /// The `*.wasm` files directly in `dir`, by plugin name. A missing folder has none.
 fn wasm_files(dir: &Path) -> Vec<(String, PathBuf)> {
@@ -352,98 +246,9 @@ pub fn optimize(rt: &Runtime, plugin: &LoadedPlugin) -> Result<LoadedPlugin, Str
     })
 }
 
-fn cache_path(rt: &Runtime, sha256: &str) -> PathBuf {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    rt.engine.precompile_compatibility_hash().hash(&mut hasher);
-    rt.limits.cache_dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()))
-}
-
-/// Compiles `bytes` with the main engine, or loads the machine code cached
-/// for the same content and engine settings.
-fn compile(rt: &Runtime, bytes: &[u8], sha256: &str) -> Result<Component, String> {
-    let cached = cache_path(rt, sha256);
-    if cached.is_file() {
-        // SAFETY: the cache folder is written only by this gateway (below),
-        // with files named by the content hash of the source and the engine
-        // settings; it is as trusted as the binary itself. A file that fails
-        // to deserialize is recompiled.
-        match unsafe { Component::deserialize_file(&rt.engine, &cached) } {
-            Ok(c) => {
-                // Recently used: the last to be pruned.
-                let _ = std::fs::File::options()
-                    .write(true)
-                    .open(&cached)
-                    .and_then(|f| f.set_modified(SystemTime::now()));
-                return Ok(c);
-            }
-            Err(e) => tracing::warn!(file = %cached.display(), "ignoring unusable compile cache entry: {e:#}"),
-        }
-    }
-    let component = Component::new(&rt.engine, bytes).map_err(|e| {
-        let why = format!("{e:#}");
-        // The pooling allocator checks a component's memories and tables
-        // against the slots when compiling it.
-        if why.contains("pooling allocator") {
-            format!(
-                "it does not fit this gateway's plugin limits (plugins.memory = {} bytes): {why}",
-                rt.limits.memory
-            )
-        } else {
-            format!("not a valid component: {why}")
-        }
-    })?;
-    if let Err(e) = store_cache(&component, &cached) {
-        tracing::warn!(dir = %rt.limits.cache_dir.display(), "cannot write the compile cache: {e}");
-    }
-    Ok(component)
-}
-
 /// The binary's layer field: 1 for components, 0 for core modules.
 fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[6] == 1 && bytes[7] == 0
-}
-
-/// Keeps the compile cache within `plugins.cache_size`. The entries of the
-/// versions in `serving` (content hashes) always stay; the other `.cwasm`
-/// files go least recently used first. Returns how many were removed.
-pub fn prune_cache(rt: &Runtime, serving: &[String]) -> usize {
-    let keep: std::collections::HashSet<PathBuf> = serving.iter().map(|sha| cache_path(rt, sha)).collect();
-    let Ok(dir) = std::fs::read_dir(&rt.limits.cache_dir) else {
-        return 0;
-    };
-    let mut others = Vec::new();
-    for entry in dir.flatten() {
-        let path = entry.path();
-        if keep.contains(&path) || path.extension().is_none_or(|x| x != "cwasm") {
-            continue;
-        }
-        if let Ok(meta) = entry.metadata() {
-            others.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len(), path));
-        }
-    }
-    let mut total: u64 = others.iter().map(|(_, len, _)| len).sum();
-    others.sort();
-    let mut removed = 0;
-    for (_, len, path) in others {
-        if total <= rt.limits.cache_size {
-            break;
-        }
-        if std::fs::remove_file(&path).is_ok() {
-            total -= len;
-            removed += 1;
-        }
-    }
-    removed
-}
-
-fn store_cache(component: &Component, path: &Path) -> Result<(), String> {
-    let code = component.serialize().map_err(|e| format!("{e:#}"))?;
-    let dir = path.parent().ok_or("no cache folder")?;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    // Write then rename: a reader never sees half a file.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, code).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
 /// Refuses components built for another version of the contract, or for

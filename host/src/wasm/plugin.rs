@@ -1,0 +1,116 @@
+//! What a loaded plugin is: its compiled, pre-linked component and
+//! counters, the entry of each plugin name (the version that serves and any
+//! refused newer file), and what a load changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use super::bindings::HandlerPre;
+use super::engine::Epoch;
+
+/// Per-plugin counters, shown on `/admin/plugins`.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    pub calls: AtomicU64,
+    pub traps: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub memory_limit: AtomicU64,
+    pub busy: AtomicU64,
+    pub bad_results: AtomicU64,
+}
+
+impl PluginStats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A component ready to instantiate.
+pub struct LoadedPlugin {
+    pub name: Arc<str>,
+    pub sha256: String,
+    /// When this content first served (an optimized rebuild keeps it).
+    pub loaded_at: SystemTime,
+    pub pre: HandlerPre,
+    /// Shared with the optimized rebuild of a baseline version.
+    pub stats: Arc<PluginStats>,
+    /// The compiler of `pre`'s machine code: "cranelift" or "winch".
+    pub compiler: &'static str,
+    /// The epoch clock of `pre`'s engine: calls keep it ticking.
+    pub epoch: Epoch,
+    /// Baseline code waiting for its optimized build: the component bytes.
+    pub pending_optimization: Option<Arc<[u8]>>,
+}
+
+/// Why a file's content was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The content hash, when the file could be read.
+    pub sha256: Option<String>,
+    pub error: String,
+    pub at: SystemTime,
+}
+
+/// One plugin name (a file stem in `plugins/`): the version requests run,
+/// and what became of the newest file content when it was refused.
+#[derive(Clone, Default)]
+pub struct PluginEntry {
+    /// The version routes run; `None` when nothing under this name ever loaded.
+    pub serving: Option<Arc<LoadedPlugin>>,
+    /// The newest content, when it was refused (`serving` keeps serving).
+    pub refused: Option<Refusal>,
+    /// The file is gone but routes still use `serving`, so it stays.
+    pub removed: bool,
+}
+
+/// Every plugin, by name.
+#[derive(Default, Clone)]
+pub struct PluginSet {
+    pub files: BTreeMap<String, PluginEntry>,
+}
+
+impl PluginSet {
+    /// The version of `name` that serves, or why there is none.
+    pub fn get(&self, name: &str) -> Result<&Arc<LoadedPlugin>, String> {
+        match self.files.get(name) {
+            Some(PluginEntry { serving: Some(p), .. }) => Ok(p),
+            Some(PluginEntry { refused: Some(r), .. }) => Err(format!("plugin {name:?} failed to load: {}", r.error)),
+            _ => Err(format!("plugin {name:?} not found (no {name}.wasm in the plugins folder)")),
+        }
+    }
+}
+
+/// What loading did to one plugin name, compared with the previous set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// New content loaded and now serves.
+    Loaded { name: String, sha256: String },
+    /// New content refused; `kept` says whether an older version still serves.
+    Refused { name: String, error: String, kept: bool },
+    /// The file is gone and nothing uses it any more.
+    Removed { name: String },
+    /// The file is gone but routes use it: the loaded version keeps serving.
+    Retained { name: String },
+    /// The file is back to the content that serves: its refusal is cleared.
+    Restored { name: String },
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Loaded { name, sha256 } => write!(f, "{name}.wasm: loaded (sha256 {})", &sha256[..12]),
+            Change::Refused { name, error, kept: true } => {
+                write!(f, "{name}.wasm: refused, the previous version keeps serving: {error}")
+            }
+            Change::Refused { name, error, kept: false } => write!(f, "{name}.wasm: refused: {error}"),
+            Change::Removed { name } => write!(f, "{name}.wasm: removed"),
+            Change::Retained { name } => write!(
+                f,
+                "{name}.wasm: removal refused, routes still use it: the loaded version keeps serving (remove those routes first to retire it)"
+            ),
+            Change::Restored { name } => write!(f, "{name}.wasm: back to the version that serves"),
+        }
+    }
+}
