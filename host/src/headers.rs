@@ -216,13 +216,6 @@ fn tokens<'a>(connection: &'a [&'a [u8]]) -> impl Iterator<Item = &'a [u8]> {
     connection.iter().flat_map(|v| v.split(|b| *b == b',')).map(<[u8]>::trim_ascii)
 }
 
-/// True for an upstream response field the gateway does not pass on, as
-/// nginx does not by default: `Server` names the service's internal stack,
-/// and `Date` is the gateway's to set (hyper dates every response).
-pub fn is_hidden_upstream(name: &str) -> bool {
-    matches!(name.len(), 4 | 6) && (name.eq_ignore_ascii_case("date") || name.eq_ignore_ascii_case("server"))
-}
-
 /// True when every token of the `connection` values is one of `allowed` (any
 /// case); true for no values at all.
 pub fn names_only(connection: &[&[u8]], allowed: &[&str]) -> bool {

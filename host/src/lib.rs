@@ -9,7 +9,8 @@
 //! ```text
 //! server ──accept──▶ Gateway::handle (gateway.rs: the pipeline)
 //!                     request_id → admit → route → authenticate → identity
-//!                     → component → upstream → echo request id → log
+//!                     → component → upstream (outbound: the request's shape;
+//!                     response: what changes on the way back) → echo request id → log
 //!   config   gatehouse.toml + routes/*.toml → validated types (file:line errors)
 //!   snapshot immutable routes + plugins behind ArcSwap (a reload swaps it whole)
 //!   reload   watch plugins/ and routes/, SIGHUP, POST /admin/reload → rebuild → swap
@@ -33,6 +34,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
 pub mod logsink;
+pub mod outbound;
 pub mod path;
 pub mod reload;
 pub mod router;

@@ -144,7 +144,7 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
     // them all for whoever tunnels it.
     let mut headers = HeaderMap::with_capacity(fields.len());
     for h in fields {
-        if !upgrade && (is_connection_specific(h.name, named) || headers::is_hidden_upstream(h.name)) {
+        if !upgrade && is_connection_specific(h.name, named) {
             continue;
         }
         if drop_length && h.name.eq_ignore_ascii_case("content-length") {

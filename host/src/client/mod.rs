@@ -143,18 +143,14 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends `req` (origin-form target) to `upstream` and waits for the
-    /// response head; a request without `Host` gets the upstream's authority.
+    /// Sends `req` (shaped by [`crate::outbound::to_service`]: origin-form,
+    /// with its `Host`) to `upstream` and waits for the response head.
     /// Framing comes from the body: `Content-Length` when its size is known,
     /// chunked otherwise. The response body streams from the connection
     /// afterwards.
     pub async fn request(&self, upstream: &Upstream, req: Request<GatewayBody>) -> Result<Response<PooledBody>, UpstreamError> {
         let host = self.inner.host(upstream);
         let (mut parts, body) = req.into_parts();
-        if !parts.headers.contains_key(header::HOST) {
-            let authority = HeaderValue::from_str(upstream.authority.as_str()).expect("an authority is a valid header value");
-            parts.headers.insert(header::HOST, authority);
-        }
         let length = if body.is_end_stream() { Some(0) } else { body.size_hint().exact() };
         parts.headers.remove(header::TRANSFER_ENCODING);
         match length {

@@ -136,7 +136,7 @@ async fn call_plugin(
             Ok(Handled::Respond(resp.map(|b| b.map_err(|never| match never {}).boxed_unsync())))
         }
         Action::Forward(req) => {
-            let req = to_http(req, &contract, ctx.host.as_ref()).map_err(|why| bad_result("forward", why))?;
+            let req = to_http(req, &contract).map_err(|why| bad_result("forward", why))?;
             Ok(Handled::Forward(req))
         }
     }

@@ -6,5 +6,6 @@ pub mod component;
 pub mod identity;
 pub mod log;
 pub mod request_id;
+pub mod response;
 pub mod route;
 pub mod upstream;

@@ -1,16 +1,15 @@
 //! Stage: upstream. Sends the request to the route's service over the pooled
 //! client, streaming the body both ways: declared bodies over the route's cap
 //! get 413 before connecting, streamed ones when they cross it; connection
-//! failures are 502, timeouts 504. The client leaves hop-by-hop fields out
-//! of the response.
+//! failures are 502, timeouts 504. The request is shaped by
+//! [`crate::outbound`], the response passes the response stage.
 
 use std::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, Version, header};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 
@@ -34,19 +33,7 @@ where
     if body.size_hint().exact().is_some_and(|len| len > route.max_body) {
         return Err(GatewayError::PayloadTooLarge);
     }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(host) = &ctx.host
-    {
-        parts.headers.insert(header::HOST, host.clone());
-    }
-    // Origin-form: the connection already says which server this is.
-    let pq = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::from(pq);
-    parts.version = Version::HTTP_11;
+    crate::outbound::to_service(&mut parts, ctx.host.as_ref(), &route.upstream);
 
     // A request without a body (most GETs) needs no size guard.
     let exceeded = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
@@ -70,8 +57,8 @@ where
         Ok(Err(e)) => return Err(classify(&e, route.upstream.authority.as_str())),
         Ok(Ok(resp)) => resp,
     };
-    // The client already left out hop-by-hop fields.
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    super::response::from_service(&mut parts.headers);
     Ok(Response::from_parts(parts, IdleBody::new(body, up.idle_timeout).boxed_unsync()))
 }
 

@@ -48,10 +48,10 @@ impl Outbound {
         if request.body.len() as u64 > self.max_body {
             return Err(SendError::InvalidRequest("request body over the plugin body limit".into()));
         }
-        let req = to_http(request, &self.contract, self.host.as_ref()).map_err(SendError::InvalidRequest)?;
-        let sent = self
-            .client
-            .request(&upstream, req.map(|b| b.map_err(|never| match never {}).boxed_unsync()));
+        let (mut parts, body) = to_http(request, &self.contract).map_err(SendError::InvalidRequest)?.into_parts();
+        crate::outbound::to_service(&mut parts, self.host.as_ref(), &upstream);
+        let body = body.map_err(|never| match never {}).boxed_unsync();
+        let sent = self.client.request(&upstream, http::Request::from_parts(parts, body));
         let resp = match tokio::time::timeout(self.client.first_byte_timeout, sent).await {
             Err(_) => return Err(SendError::Timeout),
             Ok(Err(e)) => {
@@ -63,8 +63,8 @@ impl Outbound {
             }
             Ok(Ok(resp)) => resp,
         };
-        // The client leaves hop-by-hop fields out as it reads the head.
         let (mut parts, body) = resp.into_parts();
+        crate::stage::response::from_service(&mut parts.headers);
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
         let body = match tokio::time::timeout(self.client.idle_timeout, Limited::new(body, limit).collect()).await {
             Err(_) => return Err(SendError::Timeout),
@@ -105,9 +105,10 @@ pub fn from_wit_headers(pairs: Vec<(String, String)>) -> Result<HeaderMap, Strin
     Ok(map)
 }
 
-/// A plugin's request as an HTTP request (origin-form) for its upstream, with the identity
-/// contract re-applied and framing derived from the body.
-pub fn to_http(request: Request, contract: &Contract, host: Option<&HeaderValue>) -> Result<http::Request<Full<Bytes>>, String> {
+/// A plugin's request as an HTTP request (origin-form) for its upstream,
+/// with the identity contract re-applied and the plugin's own framing
+/// dropped: `crate::outbound` and the client decide the rest.
+pub fn to_http(request: Request, contract: &Contract) -> Result<http::Request<Full<Bytes>>, String> {
     let method = Method::from_bytes(request.method.as_bytes()).map_err(|_| format!("invalid method {:?}", request.method))?;
     if !request.path_with_query.starts_with('/') {
         return Err(format!("path {:?} must start with /", request.path_with_query));
@@ -117,15 +118,8 @@ pub fn to_http(request: Request, contract: &Contract, host: Option<&HeaderValue>
     let uri = Uri::from(pq);
     let mut headers = from_wit_headers(request.headers)?;
     contract.reapply(&mut headers);
+    // Framing comes from the body, in the client.
     headers.remove(header::CONTENT_LENGTH);
-    if !request.body.is_empty() || !matches!(method, Method::GET | Method::HEAD) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(request.body.len()));
-    }
-    if !headers.contains_key(header::HOST)
-        && let Some(h) = host
-    {
-        headers.insert(header::HOST, h.clone());
-    }
     let mut req = http::Request::new(Full::new(Bytes::from(request.body)));
     *req.method_mut() = method;
     *req.uri_mut() = uri;
