@@ -14,6 +14,7 @@
 #   GATEHOUSE_LOG=info bench/instructions.sh   # with the access log on
 #   KEEP=/tmp/cg bench/instructions.sh   # keep the profiles for callgrind_annotate
 #   CONNS=32 bench/instructions.sh       # under load: wrk, 32 connections, 10 s
+#   BASE=/path/to/gatehouse bench/instructions.sh   # also another build (main before a change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -96,4 +97,8 @@ else
 fi
 count nginx-proxy_pass $NGINX_PORT nginx -c "$work/proxy.conf"
 count gatehouse $GH_PORT ./target/release/gatehouse --config "$work/gatehouse.toml" serve --workers 1
+if [ -n "${BASE:-}" ]; then
+  count gatehouse-base $GH_PORT "$BASE" --config "$work/gatehouse.toml" serve --workers 1
+  awk -v g="$(cat "$work/gatehouse.per")" -v b="$(cat "$work/gatehouse-base.per")" 'BEGIN {printf "gatehouse / gatehouse-base: %.3f× the instructions per request\n", g / b}'
+fi
 awk -v g="$(cat "$work/gatehouse.per")" -v n="$(cat "$work/nginx-proxy_pass.per")" 'BEGIN {printf "gatehouse / nginx: %.2f× the instructions per request\n", g / n}'

@@ -55,7 +55,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             limits,
             verifier,
-            upstream: UpstreamClient::new(&config.upstream),
+            upstream: UpstreamClient::dropping(&config.upstream, stage::response::drops),
             runtime,
             live,
             trusted: config.server.trusted_proxies.clone(),

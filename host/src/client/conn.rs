@@ -171,6 +171,7 @@ pub(super) async fn exchange(
     upgrade: bool,
     body: &mut Option<(GatewayBody, Option<u64>)>,
     max_head: usize,
+    dropped: fn(&str) -> bool,
 ) -> Result<(Head, Option<Sending>), Failed> {
     // The head first: until it is out, the request can go elsewhere.
     std::future::poll_fn(|cx| conn.poll_flush_out(cx))
@@ -196,7 +197,7 @@ pub(super) async fn exchange(
             let parsed = if conn.rbuf.is_empty() {
                 Ok(None)
             } else {
-                h1::parse_head(&conn.rbuf, method, max_head)
+                h1::parse_head(&conn.rbuf, method, max_head, dropped)
             };
             let bad = |e| Poll::Ready(Err(Failed::Other(UpstreamError::BadResponse(e))));
             match parsed {

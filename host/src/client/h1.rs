@@ -88,8 +88,9 @@ pub const MAX_INTERIM: usize = 32;
 
 /// Parses a response head from the start of `buf`: `None` until it is whole.
 /// `method` is the request's (a response to HEAD has no body); heads longer
-/// than `max` are refused.
-pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head>, HeadError> {
+/// than `max` are refused. Fields for which `dropped` is true are left out
+/// (the response stage's policy, applied here so they are never built).
+pub fn parse_head(buf: &[u8], method: &Method, max: usize, dropped: fn(&str) -> bool) -> Result<Option<Head>, HeadError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots)? {
@@ -144,7 +145,7 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize) -> Result<Option<Head
     // them all for whoever tunnels it.
     let mut headers = HeaderMap::with_capacity(fields.len());
     for h in fields {
-        if !upgrade && is_connection_specific(h.name, named) {
+        if !upgrade && (is_connection_specific(h.name, named) || dropped(h.name)) {
             continue;
         }
         if drop_length && h.name.eq_ignore_ascii_case("content-length") {
@@ -276,7 +277,7 @@ mod tests {
     use super::*;
 
     fn parse(raw: &str) -> Head {
-        parse_head(raw.as_bytes(), &Method::GET, 64 << 10).unwrap().unwrap()
+        parse_head(raw.as_bytes(), &Method::GET, 64 << 10, |_| false).unwrap().unwrap()
     }
 
     #[test]
@@ -334,7 +335,7 @@ mod tests {
         ] {
             assert_eq!(parse(empty).framing, Framing::Empty);
         }
-        let head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &Method::HEAD, 1024);
+        let head = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", &Method::HEAD, 1024, |_| false);
         assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
     }
 
@@ -353,7 +354,7 @@ mod tests {
 
     #[test]
     fn bad_heads_are_refused() {
-        let bad = |raw: &str| parse_head(raw.as_bytes(), &Method::GET, 256).is_err();
+        let bad = |raw: &str| parse_head(raw.as_bytes(), &Method::GET, 256, |_| false).is_err();
         assert!(bad("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"));
         assert!(bad("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"));
         assert!(bad("HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n"));
@@ -366,7 +367,8 @@ mod tests {
                     parse_head(
                         format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n").as_bytes(),
                         &Method::GET,
-                        256
+                        256,
+                        |_| false
                     ),
                     Err(HeadError::TransferCoding)
                 ),
@@ -375,13 +377,19 @@ mod tests {
         }
         assert!(
             matches!(
-                parse_head(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &Method::GET, 256),
+                parse_head(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &Method::GET, 256, |_| {
+                    false
+                }),
                 Err(HeadError::TransferCoding)
             ),
             "HTTP/1.0 has no transfer codings"
         );
         assert!(bad(&format!("HTTP/1.1 200 OK\r\nX: {}\r\n", "a".repeat(300))), "over the limit");
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nX: a", &Method::GET, 256).unwrap().is_none());
+        assert!(
+            parse_head(b"HTTP/1.1 200 OK\r\nX: a", &Method::GET, 256, |_| false)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -65,6 +65,8 @@ struct Inner {
     max_idle_per_host: usize,
     /// The largest response head (and trailer section) accepted.
     max_head: usize,
+    /// Response fields left out as heads are parsed (the response stage's).
+    dropped: fn(&str) -> bool,
     reaper_started: AtomicBool,
 }
 
@@ -127,7 +129,15 @@ impl UpstreamUpgrade {
 }
 
 impl UpstreamClient {
+    /// A client that passes on every end-to-end response field.
     pub fn new(cfg: &UpstreamConfig) -> Self {
+        UpstreamClient::dropping(cfg, |_| false)
+    }
+
+    /// A client that leaves out of every response the fields for which
+    /// `dropped` is true, as it parses the head (the gateway passes
+    /// `stage::response::drops`).
+    pub fn dropping(cfg: &UpstreamConfig, dropped: fn(&str) -> bool) -> Self {
         UpstreamClient {
             inner: Arc::new(Inner {
                 hosts: Mutex::new(FxHashMap::default()),
@@ -136,6 +146,7 @@ impl UpstreamClient {
                 max_idle_per_host: cfg.pool_max_idle_per_host,
                 // Caps the response head: a larger one is refused → 502.
                 max_head: cfg.max_response_header_bytes.max(8192),
+                dropped,
                 reaper_started: AtomicBool::new(false),
             }),
             first_byte_timeout: cfg.first_byte_timeout,
@@ -204,7 +215,7 @@ impl UpstreamClient {
         conn::begin(&mut conn, parts, chunked);
         // Only a request that asked to switch protocols may get a 101.
         let upgrade = parts.headers.contains_key(header::UPGRADE);
-        let (head, sending) = conn::exchange(&mut conn, &parts.method, upgrade, body, self.inner.max_head).await?;
+        let (head, sending) = conn::exchange(&mut conn, &parts.method, upgrade, body, self.inner.max_head, self.inner.dropped).await?;
         let mut resp = Response::new(());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;

@@ -43,7 +43,7 @@ pub fn upstream_response(data: &[u8]) {
     let [flags, k, rest @ ..] = data else { return };
     let (sizes, wire) = rest.split_at(usize::from(*k).min(rest.len()));
     let method = if flags & 1 == 1 { Method::HEAD } else { Method::GET };
-    let head = match parse_head(wire, &method, MAX_HEAD) {
+    let head = match parse_head(wire, &method, MAX_HEAD, crate::stage::response::drops) {
         Ok(Some(head)) => head,
         Ok(None) | Err(_) => return,
     };
@@ -107,8 +107,17 @@ fn check_head_fields(head: &Head) {
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    for name in ["connection", "transfer-encoding", "keep-alive", "upgrade", "te", "proxy-connection"] {
-        assert!(!head.headers.contains_key(name), "hop-by-hop {name} passed on");
+    for name in [
+        "connection",
+        "transfer-encoding",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "proxy-connection",
+        "server",
+        "date",
+    ] {
+        assert!(!head.headers.contains_key(name), "{name} passed on");
     }
     let lengths: Vec<_> = head.headers.get_all(header::CONTENT_LENGTH).iter().collect();
     match head.framing {

@@ -57,8 +57,8 @@ where
         Ok(Err(e)) => return Err(classify(&e, route.upstream.authority.as_str())),
         Ok(Ok(resp)) => resp,
     };
-    let (mut parts, body) = resp.into_parts();
-    super::response::from_service(&mut parts.headers);
+    // The client dropped what the response stage drops as it parsed the head.
+    let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, IdleBody::new(body, up.idle_timeout).boxed_unsync()))
 }
 

@@ -63,8 +63,8 @@ impl Outbound {
             }
             Ok(Ok(resp)) => resp,
         };
+        // The client dropped what the response stage drops as it parsed the head.
         let (mut parts, body) = resp.into_parts();
-        crate::stage::response::from_service(&mut parts.headers);
         let limit = usize::try_from(self.max_body).unwrap_or(usize::MAX);
         let body = match tokio::time::timeout(self.client.idle_timeout, Limited::new(body, limit).collect()).await {
             Err(_) => return Err(SendError::Timeout),
