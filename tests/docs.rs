@@ -128,3 +128,29 @@ fn every_make_target_the_docs_name_exists() {
     }
     assert!(missing.is_empty(), "{missing:#?}");
 }
+
+#[test]
+fn every_gatehouse_command_the_docs_name_exists() {
+    let mut named = BTreeSet::new();
+    for doc in documents() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        // As a command: at the start of a line (a code block) or in backticks.
+        for (i, _) in text.match_indices("gatehouse ") {
+            if !(text[..i].ends_with('`') || text[..i].ends_with('\n') || text[..i].ends_with("release/")) {
+                continue;
+            }
+            let word: String = text[i + 10..].chars().take_while(|c| c.is_ascii_lowercase()).collect();
+            if !word.is_empty() {
+                named.insert(word);
+            }
+        }
+    }
+    assert!(named.contains("serve") && named.contains("check"), "{named:?}");
+    for command in named {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args([command.as_str(), "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "the docs name `gatehouse {command}`, which is not a command");
+    }
+}
