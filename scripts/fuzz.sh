@@ -26,7 +26,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 flags=(--sanitizer none --debug-assertions)
 echo "fuzz: building the targets (nightly; several minutes the first time)..."
-cargo +nightly fuzz build "${flags[@]}" >/dev/null
+cargo +nightly fuzz build "${flags[@]}" >/dev/null 2>&1 || cargo +nightly fuzz build "${flags[@]}"
 
 report=$(mktemp)
 trap 'rm -f "$report"' EXIT
