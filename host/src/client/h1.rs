@@ -109,30 +109,25 @@ pub fn parse_head(buf: &[u8], method: &Method, max: usize, dropped: fn(&str) -> 
 
     // Framing facts first, off the raw fields.
     let (mut connection, mut length, mut transfer_encoding) = (Vec::new(), None, Vec::new());
-    // A `Content-Length` sent as a list or repeated is forwarded as one value.
-    let mut length_fields = 0;
+    // One field holding one plain number; a list, a repeat or leading zeros
+    // is forwarded as one canonical value instead.
+    let mut length_canonical = true;
     for h in fields {
         if h.name.eq_ignore_ascii_case("connection") {
             connection.push(h.value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
+            length_canonical &= length.is_none() && !h.value.contains(&b',') && !(h.value.len() > 1 && h.value[0] == b'0');
             length = Some(merge_length(length, h.value)?);
-            // A list, or leading zeros: not one canonical value.
-            length_fields += if h.value.contains(&b',') || (h.value.len() > 1 && h.value[0] == b'0') {
-                2
-            } else {
-                1
-            };
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             transfer_encoding.push(h.value);
         }
     }
-    let chunked = match transfer_encoding.is_empty() {
-        true => None,
-        false => Some(decodable(&transfer_encoding, version)?),
-    };
+    let chunked = (!transfer_encoding.is_empty())
+        .then(|| decodable(&transfer_encoding, version))
+        .transpose()?;
     // Transfer-Encoding wins: the service's Content-Length does not describe
     // the body the client gets (RFC 9112 §6.3), so it goes.
-    let drop_length = chunked.is_some() || length_fields > 1;
+    let drop_length = chunked.is_some() || !length_canonical;
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     // `close` and `keep-alive` (the usual values) name no field that is not
     // hop-by-hop already: only other tokens need checking per field.

@@ -302,9 +302,7 @@ impl Inner {
             }
         });
     }
-}
 
-impl Inner {
     /// Closes expired idle connections and forgets every host with none
     /// left that no request holds (the map's is the only reference, and the
     /// map is locked, so none can take it meanwhile).

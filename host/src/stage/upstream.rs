@@ -58,8 +58,7 @@ where
         Ok(Ok(resp)) => resp,
     };
     // The client dropped what the response stage drops as it parsed the head.
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, IdleBody::new(body, up.idle_timeout).boxed_unsync()))
+    Ok(resp.map(|body| IdleBody::new(body, up.idle_timeout).boxed_unsync()))
 }
 
 /// The errors in `err`'s source chain, `err` first.
