@@ -122,3 +122,14 @@ impl GatewayError {
         resp
     }
 }
+
+/// The errors in `err`'s source chain, `err` first.
+pub fn chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e: &&'a (dyn std::error::Error + 'static)| (*e).source())
+}
+
+/// `err` and its causes in one line ("client error (Connect): invalid peer
+/// certificate: UnknownIssuer"): for logs, never for the client.
+pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    chain(err).map(ToString::to_string).collect::<Vec<_>>().join(": ")
+}

@@ -25,6 +25,7 @@ use rustls::pki_types::pem::PemObject;
 use super::Verifier;
 use super::keys::{Key, jwks_keys};
 use crate::config::{AuthConfig, JwksConfig};
+use crate::error::causes;
 
 const MAX_JWKS_BYTES: usize = 1 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -213,12 +214,4 @@ async fn fetch(client: &HttpsClient, url: &str) -> Result<Vec<u8>, String> {
     tokio::time::timeout(FETCH_TIMEOUT, get)
         .await
         .map_err(|_| "timed out".to_string())?
-}
-
-/// `err` and its sources, joined.
-fn causes(err: &(dyn std::error::Error + 'static)) -> String {
-    std::iter::successors(Some(err), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
 }

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use crate::body::{BodyTooLarge, BoxError, GatewayBody, IdleBody, RequestBody};
 use crate::client::{UpstreamClient, UpstreamError};
 use crate::context::RequestCtx;
-use crate::error::GatewayError;
+use crate::error::{GatewayError, causes, chain};
 
 pub async fn forward<B>(ctx: &RequestCtx, req: Request<B>, up: &UpstreamClient) -> Result<Response<GatewayBody>, GatewayError>
 where
@@ -61,11 +61,6 @@ where
     Ok(resp.map(|body| IdleBody::new(body, up.idle_timeout).boxed_unsync()))
 }
 
-/// The errors in `err`'s source chain, `err` first.
-fn chain<'a>(err: &'a (dyn Error + 'static)) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
-    std::iter::successors(Some(err), |e: &&'a (dyn Error + 'static)| (*e).source())
-}
-
 fn caused_by<E: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
     chain(err).any(|e| e.is::<E>())
 }
@@ -75,8 +70,7 @@ fn classify(err: &UpstreamError, upstream: &str) -> GatewayError {
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
     let bad_response = err.is_bad_response() || matches!(err, UpstreamError::Truncated);
-    let detail = chain(err).map(ToString::to_string).collect::<Vec<_>>().join(": ");
-    let detail = format!("{upstream}: {detail}");
+    let detail = format!("{upstream}: {}", causes(err));
     if timed_out {
         GatewayError::UpstreamTimeout(detail)
     } else if bad_response {
