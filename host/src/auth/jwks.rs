@@ -8,7 +8,7 @@
 //! signing keys. A fetch that fails (a wrong certificate, say) keeps the
 //! last good keys.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
 use super::Verifier;
 use super::keys::{Key, jwks_keys};
@@ -64,12 +63,12 @@ impl JwksSource {
             JwksConfig::File(p) => Kind::File(p.clone()),
             JwksConfig::Url {
                 url,
-                ca_file,
+                ca_certs,
                 refresh,
                 min_refetch_interval,
             } => Kind::Url {
                 url: url.clone(),
-                client: Box::new(https_client(ca_file.as_deref())?),
+                client: Box::new(https_client(ca_certs.as_deref())?),
                 refresh: *refresh,
                 min_refetch_interval: *min_refetch_interval,
             },
@@ -150,15 +149,15 @@ impl JwksSource {
     }
 }
 
-/// The client every fetch of one source uses: TLS with `ca_file`'s roots
-/// when set, else the system's (Mozilla's, bundled, when the system has
-/// none, as in a scratch image).
-fn https_client(ca_file: Option<&Path>) -> Result<HttpsClient, String> {
+/// The client every fetch of one source uses: TLS with the roots of
+/// `auth.jwks.ca_file` when set, else the system's (Mozilla's, bundled, when
+/// the system has none, as in a scratch image).
+fn https_client(ca_certs: Option<&[CertificateDer<'static>]>) -> Result<HttpsClient, String> {
     let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for cert in pem_certificates(path)? {
-                roots.add(cert).map_err(|e| format!("auth.jwks.ca_file {}: {e}", path.display()))?;
+    match ca_certs {
+        Some(certs) => {
+            for cert in certs {
+                roots.add(cert.clone()).map_err(|e| format!("auth.jwks.ca_file: {e}"))?;
             }
         }
         None => {
@@ -181,19 +180,6 @@ fn https_client(ca_file: Option<&Path>) -> Result<HttpsClient, String> {
     // No pooling: fetches are minutes apart, and each one checks the
     // server's certificate afresh.
     Ok(Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector))
-}
-
-/// The certificates of a PEM file (a CA bundle); at least one.
-pub fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{shown}: {e}"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{shown}: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{shown}: no PEM certificate in it"));
-    }
-    Ok(certs)
 }
 
 async fn fetch(client: &HttpsClient, url: &str) -> Result<Vec<u8>, String> {

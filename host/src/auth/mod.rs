@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
 use crate::headers::{is_safe_value, value};
-pub use jwks::{JwksSource, pem_certificates};
+pub use jwks::JwksSource;
 use keys::KeySet;
 
 /// Longest token accepted; larger ones are refused before any parsing.

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -282,9 +284,9 @@ pub enum JwksConfig {
     File(PathBuf),
     Url {
         url: String,
-        /// Trust only this PEM bundle's roots (a private issuer), instead
-        /// of the system's.
-        ca_file: Option<PathBuf>,
+        /// The certificates of `ca_file` (read and checked at load): trust
+        /// only these roots (a private issuer), instead of the system's.
+        ca_certs: Option<Vec<CertificateDer<'static>>>,
         refresh: Duration,
         min_refetch_interval: Duration,
     },
@@ -449,24 +451,37 @@ fn jwks_config(j: RawJwks, base: &Path, file: &Path, src: &str) -> Result<JwksCo
         (None, Some(u)) => {
             let at = Some(line_of(src, u.span().start));
             jwks_url_allowed(u.get_ref()).map_err(|msg| ConfigError::new(file, at, format!("auth.jwks.url: {msg}")))?;
-            let ca_file = match j.ca_file {
+            let ca_certs = match j.ca_file {
                 Some(ca) => {
                     let at = Some(line_of(src, ca.span().start));
-                    let path = base.join(ca.into_inner());
-                    crate::auth::pem_certificates(&path).map_err(|e| ConfigError::new(file, at, format!("auth.jwks.ca_file: {e}")))?;
-                    Some(path)
+                    let certs = pem_certificates(&base.join(ca.into_inner()))
+                        .map_err(|e| ConfigError::new(file, at, format!("auth.jwks.ca_file: {e}")))?;
+                    Some(certs)
                 }
                 None => None,
             };
             Ok(JwksConfig::Url {
                 url: u.into_inner(),
-                ca_file,
+                ca_certs,
                 refresh: j.refresh.map_or(Duration::from_secs(300), |d| d.0),
                 min_refetch_interval: j.min_refetch_interval.map_or(Duration::from_secs(30), |d| d.0),
             })
         }
         _ => Err(ConfigError::new(file, None, "auth.jwks: set exactly one of `file` or `url`")),
     }
+}
+
+/// The certificates of a PEM file (a CA bundle); at least one.
+fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown}: no PEM certificate in it"));
+    }
+    Ok(certs)
 }
 
 /// A JWKS URL is `https://`, or `http://` to a loopback address (a local
