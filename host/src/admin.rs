@@ -1,6 +1,6 @@
 //! The admin listener (loopback by default, never the public port):
 //! `/healthz`, `/readyz`, `/admin/routes`, `/admin/plugins`,
-//! `POST /admin/reload`, `/admin/reloads` and `/metrics`.
+//! `POST /admin/reload`, `/admin/reloads`, `/admin/tunnels` and `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -137,6 +137,14 @@ fn metrics(gw: &Gateway, reloads: &Reloads) -> String {
     for (file, v) in c.refusals.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = writeln!(out, "gatehouse_reload_refusals_total{{file=\"{}\"}} {v}", label(file));
     }
+    out.push_str(
+        "# HELP gatehouse_websocket_tunnels_open Open WebSocket tunnels by route.\n# TYPE gatehouse_websocket_tunnels_open gauge\n",
+    );
+    for (route, open) in gw.tunnels.by_route() {
+        let _ = writeln!(out, "gatehouse_websocket_tunnels_open{{route=\"{}\"}} {open}", label(&route));
+    }
+    out.push_str("# HELP gatehouse_websocket_tunnels_opened_total WebSocket tunnels opened since start.\n# TYPE gatehouse_websocket_tunnels_opened_total counter\n");
+    let _ = writeln!(out, "gatehouse_websocket_tunnels_opened_total {}", gw.tunnels.opened());
     let snapshot = gw.snapshot();
     out.push_str(
         "# HELP gatehouse_plugin_calls_total Calls to the serving version of a plugin.\n# TYPE gatehouse_plugin_calls_total counter\n",
@@ -178,6 +186,12 @@ fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// Open WebSocket tunnels: in all, per route prefix, and opened since start.
+fn tunnels(gw: &Gateway) -> Value {
+    let routes: serde_json::Map<String, Value> = gw.tunnels.by_route().into_iter().map(|(r, n)| (r, json!(n))).collect();
+    json!({"open": gw.tunnels.open(), "routes": routes, "opened_total": gw.tunnels.opened()})
+}
+
 /// Recent reload attempts, newest first.
 fn recent_reloads(reloads: &Reloads) -> Value {
     let list: Vec<Value> = reloads
@@ -213,6 +227,7 @@ async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, req: &Request<B>) -> Re
         (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &routes(gw)),
         (&Method::GET, "/admin/plugins") => json_response(StatusCode::OK, &plugins(gw)),
         (&Method::GET, "/admin/reloads") => json_response(StatusCode::OK, &recent_reloads(reloads)),
+        (&Method::GET, "/admin/tunnels") => json_response(StatusCode::OK, &tunnels(gw)),
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(full(Bytes::from(metrics(gw, reloads))));
             resp.headers_mut().insert(

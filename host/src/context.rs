@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Method};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::Identity;
 use crate::config::Route;
@@ -12,7 +13,7 @@ use crate::error::{GatewayError, Source};
 
 /// The client end of a connection: worked out once per connection, not per
 /// request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
     /// In `trusted_proxies`: its forwarding headers are kept.
@@ -20,6 +21,9 @@ pub struct Peer {
     /// The address as an `X-Forwarded-For` element (an IPv4-mapped IPv6
     /// address reads as IPv4).
     pub forwarded_for: HeaderValue,
+    /// The connection's place under `server.max_connections`, given back
+    /// when the last holder (the connection, or its WebSocket tunnel) ends.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Peer {
@@ -29,7 +33,14 @@ impl Peer {
             addr,
             trusted,
             forwarded_for: HeaderValue::from_str(&text).expect("an IP address is a valid header value"),
+            slot: None,
         }
+    }
+
+    /// The peer, holding its connection's slot.
+    pub fn holding(mut self, slot: OwnedSemaphorePermit) -> Self {
+        self.slot = Some(slot);
+        self
     }
 }
 

@@ -40,6 +40,10 @@ pub enum GatewayError {
     PayloadTooLarge,
     #[error("request headers too large")]
     HeadersTooLarge,
+    #[error("Sec-WebSocket-Version must be 13, sent once")]
+    WebSocketVersion,
+    #[error("the gateway is shutting down: no new WebSocket tunnels")]
+    ShuttingDown,
     #[error("upstream unavailable")]
     UpstreamUnavailable(String),
     #[error("upstream sent an invalid response")]
@@ -63,7 +67,8 @@ impl GatewayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_) | GatewayError::WebSocketVersion => StatusCode::BAD_REQUEST,
+            GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -109,6 +114,10 @@ impl GatewayError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let GatewayError::WebSocketVersion = &self {
+            // RFC 6455 §4.4: the versions the server understands.
+            h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        }
         if let GatewayError::Unauthorized(e) = &self {
             let challenge = match e {
                 AuthError::Missing => "Bearer".to_string(),

@@ -29,6 +29,7 @@ use crate::snapshot::{Live, Snapshot};
 use crate::stage;
 use crate::stage::admit::Limits;
 use crate::stage::component::Handled;
+use crate::tunnel::Tunnels;
 use crate::wasm::Runtime;
 
 /// The gateway: configuration, routing snapshot, verifier and upstream pool.
@@ -39,6 +40,8 @@ pub struct Gateway {
     pub upstream: UpstreamClient,
     /// The WebAssembly engine and linker, shared by every plugin version.
     pub runtime: Arc<Runtime>,
+    /// Open WebSocket tunnels.
+    pub tunnels: Arc<Tunnels>,
     live: Live,
     trusted: Vec<IpNet>,
     draining: AtomicBool,
@@ -57,6 +60,7 @@ impl Gateway {
             verifier,
             upstream: UpstreamClient::dropping(&config.upstream, stage::response::drops),
             runtime,
+            tunnels: Arc::default(),
             live,
             trusted: config.server.trusted_proxies.clone(),
             draining: AtomicBool::new(false),
@@ -115,9 +119,23 @@ impl Gateway {
     ) -> Result<Response<GatewayBody>, GatewayError> {
         stage::admit::check(ctx, &req, &self.limits)?;
         stage::route::resolve(ctx, &snapshot.router, &mut req)?;
-        stage::authenticate::run(ctx, req.headers(), &self.verifier).await?;
+        let handshake = stage::websocket::accept(ctx, &mut req, self.is_draining())?;
+        let fallback = handshake.as_ref().and_then(|hs| hs.token());
+        stage::authenticate::run(ctx, req.headers(), fallback, &self.verifier).await?;
         stage::identity::apply(ctx, req.headers_mut())?;
-        match stage::component::run(ctx, &self.runtime, &self.upstream, snapshot, req).await? {
+        if let Some(hs) = &handshake {
+            hs.restore(req.headers_mut());
+        }
+        let handled = stage::component::run(ctx, &self.runtime, &self.upstream, snapshot, req).await?;
+        if let Some(hs) = handshake {
+            let ws = &self.config.websocket;
+            return match handled {
+                Handled::Native(req) => stage::websocket::open(ctx, req, hs, &self.upstream, &self.tunnels, ws).await,
+                Handled::Forward(req) => stage::websocket::open(ctx, req, hs, &self.upstream, &self.tunnels, ws).await,
+                Handled::Respond(resp) => Ok(resp),
+            };
+        }
+        match handled {
             Handled::Native(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
             Handled::Forward(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
             Handled::Respond(resp) => Ok(resp),

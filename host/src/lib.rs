@@ -8,9 +8,11 @@
 //!
 //! ```text
 //! server ──accept──▶ Gateway::handle (gateway.rs: the pipeline)
-//!                     request_id → admit → route → authenticate → identity
-//!                     → component → upstream (outbound: the request's shape;
-//!                     response: what changes on the way back) → echo request id → log
+//!                     request_id → admit → route → websocket (a handshake?) →
+//!                     authenticate → identity → component → upstream, or for a
+//!                     handshake the service's 101 and a tunnel (tunnel.rs)
+//!                     (outbound: the request's shape; response: what changes
+//!                     on the way back) → echo request id → log
 //!   config   gatehouse.toml + routes/*.toml → validated types (file:line errors)
 //!   snapshot immutable routes + plugins behind ArcSwap (a reload swaps it whole)
 //!   reload   watch plugins/ and routes/, SIGHUP, POST /admin/reload → rebuild → swap
@@ -41,4 +43,5 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod stage;
+pub mod tunnel;
 pub mod wasm;

@@ -73,7 +73,8 @@ pub async fn run(gw: Arc<Gateway>, reloader: Arc<Reloader>, listener: TcpListene
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
-        let client = Arc::new(Peer::new(peer, gw.is_trusted(peer.ip())));
+        // The slot goes back when the connection and any tunnel it became end.
+        let client = Arc::new(Peer::new(peer, gw.is_trusted(peer.ip())).holding(permit));
         let service = service_fn(move |req| {
             let gw = gw.clone();
             let client = client.clone();
@@ -86,15 +87,25 @@ pub async fn run(gw: Arc<Gateway>, reloader: Arc<Reloader>, listener: TcpListene
             if let Err(error) = conn.await {
                 tracing::debug!(%peer, error, "connection ended with an error");
             }
-            drop(permit);
         });
     }
     gw.start_draining();
     drop(listener);
-    tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining in-flight requests");
+    let tunnels = gw.tunnels.clone();
+    tracing::info!(grace = ?cfg.shutdown_grace, tunnels = tunnels.open(), "shutting down: draining in-flight requests and WebSocket tunnels");
+    // New upgrades are refused from here (503); open tunnels get the grace
+    // period like requests do, then are closed.
+    let drained = async {
+        graceful.shutdown().await;
+        tunnels.drained().await;
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("drained"),
-        () = tokio::time::sleep(cfg.shutdown_grace) => tracing::warn!("grace period over; closing remaining connections"),
+        () = drained => tracing::info!("drained"),
+        () = tokio::time::sleep(cfg.shutdown_grace) => {
+            tracing::warn!(tunnels = tunnels.open(), "grace period over; closing remaining connections and tunnels");
+            tunnels.close_all();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tunnels.drained()).await;
+        }
     }
     admin_task.abort();
     reload_task.abort();

@@ -170,6 +170,8 @@ pub struct Setup {
     pub workers: usize,
     /// Lines for `[reload]`.
     pub reload: String,
+    /// Lines for `[websocket]`.
+    pub websocket: String,
 }
 
 impl Default for Setup {
@@ -186,6 +188,7 @@ impl Default for Setup {
             env: Vec::new(),
             workers: 2,
             reload: String::new(),
+            websocket: String::new(),
         }
     }
 }
@@ -243,8 +246,8 @@ pub fn write_config(demo: &Demo, setup: &Setup) -> (tempfile::TempDir, PathBuf) 
         format!("cache_dir = {:?}\n", cache.display().to_string())
     };
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n\n[plugins]\n{cache_line}{}\n\n[reload]\n{}\n",
-        setup.server, setup.upstream, setup.auth, setup.plugin_limits, setup.reload
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n\n[plugins]\n{cache_line}{}\n\n[reload]\n{}\n\n[websocket]\n{}\n",
+        setup.server, setup.upstream, setup.auth, setup.plugin_limits, setup.reload, setup.websocket
     );
     let path = dir.path().join("gatehouse.toml");
     std::fs::write(&path, config).unwrap();

@@ -1,6 +1,6 @@
 //! `demo-upstreams`: stand-ins for the five services, for development and
-//! tests. Each echoes what it received as JSON; realtime-service also echoes
-//! WebSocket frames; every one serves misbehaving answers under `/_demo/`.
+//! tests. Each echoes what it received as JSON; realtime-service is also a
+//! WebSocket echo server; every one serves misbehaving answers under `/_demo/`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -102,45 +103,103 @@ fn stream(chunks: u64, pause: Duration, fail_after: Option<u64>) -> Body {
     StreamBody::new(s).boxed_unsync()
 }
 
-async fn websocket(req: Request<Incoming>) -> Response<Body> {
+/// The realtime stand-in's WebSocket side. `/_demo/refuse` answers the
+/// handshake 403 (an ordinary response), `/_demo/bad-accept` answers 101 with
+/// a wrong `Sec-WebSocket-Accept`, `/_demo/rogue-protocol` selects a
+/// subprotocol nobody offered; otherwise it switches, selecting the first
+/// subprotocol offered, and echoes text and binary messages. The text
+/// message `/handshake` is answered with the handshake it saw (path and
+/// headers, as JSON); `/close` makes it close the socket (code 1000).
+async fn websocket(req: Request<Incoming>, demo: &str) -> Response<Body> {
+    HANDSHAKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return Response::builder()
             .status(400)
             .body(full("missing Sec-WebSocket-Key"))
             .expect("static response");
     };
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    if demo == "/_demo/refuse" {
+        let mut resp = Response::new(full(r#"{"error":"the demo refuses this upgrade"}"#));
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        return resp;
+    }
+    let accept = match demo {
+        "/_demo/bad-accept" => "dGhpcyBpcyBub3QgdGhlIGtleQ==".to_string(),
+        _ => tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    };
+    let offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .find(|p| !p.is_empty());
+    let selected = match demo {
+        "/_demo/rogue-protocol" => Some("rogue".to_string()),
+        _ => offered,
+    };
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        seen.entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let handshake = json!({
+        "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        "headers": seen,
+    })
+    .to_string();
     tokio::spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
-            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            let reply = match &msg {
+                Message::Text(t) if t.as_str() == "/handshake" => Message::text(handshake.clone()),
+                Message::Text(t) if t.as_str() == "/close" => {
+                    let _ = ws.close(None).await;
+                    continue;
+                }
+                Message::Text(_) | Message::Binary(_) => msg,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
                 break;
             }
         }
     });
-    Response::builder()
+    let mut resp = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(full(Bytes::new()))
-        .expect("static response")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = selected {
+        resp = resp.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    resp.body(full(Bytes::new())).expect("static response")
 }
 
+/// WebSocket handshakes the realtime stand-in has received
+/// (`GET /_demo/handshakes`), so tests can tell that one never arrived.
+static HANDSHAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn handle(service: &'static str, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    // Misbehaviours answer under any prefix, so they can be reached through
+    // the gateway's routes: `/api/v1/users/_demo/delay` is `/_demo/delay`.
+    let path = req.uri().path();
+    let demo = path.rfind("/_demo/").map_or(path, |i| &path[i..]).to_string();
     let is_ws = req
         .headers()
         .get(header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if is_ws && service == "realtime-service" {
-        return websocket(req).await;
+        return websocket(req, &demo).await;
     }
-    // Misbehaviours answer under any prefix, so they can be reached through
-    // the gateway's routes: `/api/v1/users/_demo/delay` is `/_demo/delay`.
-    let path = req.uri().path();
-    let demo = path.rfind("/_demo/").map_or(path, |i| &path[i..]).to_string();
     match demo.as_str() {
+        "/_demo/handshakes" => {
+            let count = HANDSHAKES.load(std::sync::atomic::Ordering::Relaxed);
+            Response::new(full(json!({ "handshakes": count }).to_string()))
+        }
         "/_demo/delay" => {
             tokio::time::sleep(Duration::from_millis(query_num(&req, "ms").unwrap_or(1000))).await;
             echo(service, peer, req, StatusCode::OK).await

@@ -231,7 +231,10 @@ impl UpstreamClient {
             host: host.clone(),
             client: Arc::downgrade(&self.inner),
         };
-        let body = PooledBody::new(conn, head.framing, head.keep_alive, sending, self.inner.max_head, back);
+        // A refused upgrade's connection is not reused: what the service
+        // makes of the bytes that follow is not worth guessing.
+        let keep_alive = head.keep_alive && !upgrade;
+        let body = PooledBody::new(conn, head.framing, keep_alive, sending, self.inner.max_head, back);
         Ok(resp.map(|()| body))
     }
 }

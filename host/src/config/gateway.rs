@@ -26,6 +26,23 @@ struct RawConfig {
     auth: RawAuth,
     plugins: RawPlugins,
     reload: RawReload,
+    websocket: RawWebSocket,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWebSocket {
+    idle_timeout: Dur,
+    max_lifetime: Option<Dur>,
+}
+
+impl Default for RawWebSocket {
+    fn default() -> Self {
+        RawWebSocket {
+            idle_timeout: Dur(Duration::from_secs(300)),
+            max_lifetime: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +199,16 @@ pub struct Config {
     pub auth: AuthConfig,
     pub plugins: PluginsConfig,
     pub reload: ReloadConfig,
+    pub websocket: WebSocketConfig,
+}
+
+/// Tunnels of WebSocket routes (`websocket = true`).
+#[derive(Debug, Clone)]
+pub struct WebSocketConfig {
+    /// A tunnel with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// A tunnel open this long is closed, busy or not (`None`: no limit).
+    pub max_lifetime: Option<Duration>,
 }
 
 /// Hot reload of `plugins/` and `routes/`.
@@ -396,6 +423,10 @@ impl Config {
             watch: raw.reload.watch,
             settle: raw.reload.settle.0.min(Duration::from_secs(10)),
         };
+        let websocket = WebSocketConfig {
+            idle_timeout: raw.websocket.idle_timeout.0.max(Duration::from_millis(10)),
+            max_lifetime: raw.websocket.max_lifetime.map(|d| d.0).filter(|d| !d.is_zero()),
+        };
         Ok(Config {
             file,
             server,
@@ -403,6 +434,7 @@ impl Config {
             auth,
             plugins,
             reload,
+            websocket,
         })
     }
 }

@@ -11,7 +11,9 @@ mod units;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use gateway::{AuthConfig, Compiler, Config, JwksConfig, KeyConfig, PluginsConfig, ReloadConfig, ServerConfig, UpstreamConfig};
+pub use gateway::{
+    AuthConfig, Compiler, Config, JwksConfig, KeyConfig, PluginsConfig, ReloadConfig, ServerConfig, UpstreamConfig, WebSocketConfig,
+};
 pub use routes::{AuthMode, Route, RoutePlugin, Upstream, load_routes};
 pub use units::{Bytes, Dur};
 

@@ -65,7 +65,17 @@ fn documented_gateway_keys(doc: &str) -> BTreeSet<(String, String)> {
 #[test]
 fn every_gatehouse_toml_key_is_documented_and_every_documented_key_exists() {
     let documented = documented_gateway_keys(&doc());
-    let tables: BTreeSet<&str> = ["server", "upstream", "auth", "auth.keys", "auth.jwks", "plugins", "reload"].into();
+    let tables: BTreeSet<&str> = [
+        "server",
+        "upstream",
+        "auth",
+        "auth.keys",
+        "auth.jwks",
+        "plugins",
+        "reload",
+        "websocket",
+    ]
+    .into();
     let mut accepted = BTreeSet::new();
     for table in &tables {
         for key in gateway_table_keys(table) {

@@ -25,12 +25,14 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     Ok(Some(token))
 }
 
-pub async fn run(ctx: &mut RequestCtx, headers: &HeaderMap, verifier: &Verifier) -> Result<(), GatewayError> {
+/// Verifies the bearer token, or else `fallback` (a WebSocket handshake's
+/// token from its subprotocol offer or query).
+pub async fn run(ctx: &mut RequestCtx, headers: &HeaderMap, fallback: Option<&str>, verifier: &Verifier) -> Result<(), GatewayError> {
     let mode = ctx.route()?.auth;
     if mode == AuthMode::Public {
         return Ok(());
     }
-    match (bearer(headers)?, mode) {
+    match (bearer(headers)?.or(fallback), mode) {
         (Some(token), _) => ctx.identity = Some(verifier.verify(token).await?),
         (None, AuthMode::Required) => return Err(AuthError::Missing.into()),
         (None, _) => {}

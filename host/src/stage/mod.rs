@@ -9,3 +9,4 @@ pub mod request_id;
 pub mod response;
 pub mod route;
 pub mod upstream;
+pub mod websocket;

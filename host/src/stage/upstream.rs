@@ -65,7 +65,7 @@ fn caused_by<E: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
     chain(err).any(|e| e.is::<E>())
 }
 
-fn classify(err: &UpstreamError, upstream: &str) -> GatewayError {
+pub(crate) fn classify(err: &UpstreamError, upstream: &str) -> GatewayError {
     let timed_out = chain(err)
         .filter_map(|e| e.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() == std::io::ErrorKind::TimedOut);

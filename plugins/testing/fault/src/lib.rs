@@ -6,7 +6,8 @@
 //! - `memory`: allocates until the memory limit stops it.
 //! - `huge-response`: answers with a body far over the plugin body limit.
 //! - `bad-status`: answers with status 42.
-//! - `forge`: forwards with forged identity and forwarding headers.
+//! - `forge`: forwards with forged identity and forwarding headers (and
+//!   `x-added-by-plugin: fault`, which it may add).
 //! - `send`: calls `upstream.send` on the service named by `service` (or its
 //!   own), with forged identity headers, and answers with what came back.
 //! - `print`: writes to stdout and stderr, then answers 200.
@@ -82,6 +83,8 @@ fn forge(request: &mut Request) {
         request.headers.push((name.to_string(), value.to_string()));
         request.headers.push((name.to_uppercase(), value.to_string()));
     }
+    // And one the plugin may add.
+    request.headers.push(("x-added-by-plugin".to_string(), "fault".to_string()));
 }
 
 fn describe(e: &SendError) -> String {
