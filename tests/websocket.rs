@@ -730,3 +730,51 @@ async fn open_tunnels_hold_their_connection_slot() {
         .unwrap()
         .unwrap();
 }
+
+/// The path every web app takes: a browser cannot set `Authorization` on a
+/// WebSocket, so it offers its token as a subprotocol beside its real one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_opens_a_socket_with_its_token_in_the_subprotocol_offer() {
+    let demo = Demo::start();
+    let gw = Gateway::start(&demo, Setup::default());
+    let browser = common::browser::Browser::launch();
+    let token = token("alice", Some("pro"));
+    let script = r#"
+        new Promise((resolve) => {
+            const log = [];
+            const done = (how) => { document.body.textContent = JSON.stringify(log); resolve({ how, log }); };
+            const ws = new WebSocket("ws://ADDR/ws?room=7", ["gatehouse.bearer.TOKEN", "chat"]);
+            ws.onopen = () => { log.push("open " + ws.protocol); ws.send("/handshake"); };
+            ws.onmessage = (e) => {
+                log.push(e.data);
+                if (log.length === 2) ws.send("hello from chromium");
+                else if (log.length === 3) ws.close(1000, "bye");
+            };
+            ws.onerror = () => log.push("error");
+            ws.onclose = (e) => done("closed " + e.code);
+            setTimeout(() => done("timeout"), 10000);
+        })"#
+    .replace("ADDR", &gw.addr.to_string())
+    .replace("TOKEN", &token);
+    let result = browser.evaluate(&script).await;
+    let artifacts = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    browser.screenshot(&artifacts.join("websocket-browser.png")).await;
+
+    assert_eq!(result["how"], "closed 1000", "{result}");
+    let log = result["log"].as_array().unwrap();
+    assert_eq!(
+        log[0], "open chat",
+        "the browser kept the socket: the selected subprotocol was one it offered"
+    );
+    let report: Value = serde_json::from_str(log[1].as_str().unwrap()).unwrap();
+    assert_eq!(header(&report, "x-user-id"), ["alice"]);
+    assert_eq!(header(&report, "x-user-tier"), ["pro"]);
+    assert_eq!(header(&report, "sec-websocket-protocol"), ["chat"]);
+    assert_eq!(report["path"], "/ws?room=7");
+    assert!(!report.to_string().contains(&token), "the service saw the token: {report}");
+    assert_eq!(log[2], "hello from chromium");
+    for line in gw.proc.logs() {
+        assert!(!line.contains(&token), "a token was logged: {line}");
+    }
+}

@@ -2,6 +2,8 @@
 //! free loopback ports and speaks raw HTTP/1.1 to them over TCP.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
