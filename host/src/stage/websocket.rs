@@ -268,3 +268,153 @@ fn genuine(h: &HeaderMap, hs: &Handshake) -> Result<(), String> {
         Some(_) => Err("the service selected a subprotocol the client did not offer".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::{AuthMode, Route, Upstream};
+    use crate::context::Peer;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn ctx(websocket: bool) -> RequestCtx {
+        let mut ctx = RequestCtx::new(Arc::new(Peer::new("127.0.0.1:1".parse().unwrap(), false)), Method::GET, "/ws");
+        ctx.route = Some(Arc::new(Route {
+            service: "realtime".into(),
+            prefix: "/ws".into(),
+            auth: AuthMode::Required,
+            upstream: Arc::new(Upstream {
+                scheme: http::uri::Scheme::HTTP,
+                authority: "127.0.0.1:1".parse().unwrap(),
+            }),
+            max_body: 1,
+            forward_token: false,
+            websocket,
+            plugin: None,
+            file: "t.toml".into(),
+            line: 1,
+        }));
+        ctx
+    }
+
+    /// A handshake to `target` with extra fields, as hyper hands it over.
+    fn handshake(target: &str, extra: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::get(target)
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", KEY);
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        let mut req = b.body(()).unwrap();
+        let on = hyper::upgrade::on(&mut req);
+        req.extensions_mut().insert(on);
+        req
+    }
+
+    fn refused(req: &mut Request<()>, websocket: bool, draining: bool) -> GatewayError {
+        match accept(&ctx(websocket), req, draining) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn only_websocket_is_a_handshake() {
+        let mut h2c = Request::get("/ws")
+            .header("connection", "Upgrade")
+            .header("upgrade", "h2c")
+            .body(())
+            .unwrap();
+        assert!(accept(&ctx(true), &mut h2c, false).unwrap().is_none());
+        let mut plain = Request::get("/ws").body(()).unwrap();
+        assert!(accept(&ctx(true), &mut plain, false).unwrap().is_none());
+        // Case and lists are read as RFC 9110 says.
+        let mut listed = handshake("/ws", &[]);
+        listed.headers_mut().insert("upgrade", "foo/2, WebSocket".parse().unwrap());
+        assert!(accept(&ctx(true), &mut listed, false).unwrap().is_some());
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let e = refused(&mut handshake("/ws", &[]), false, false);
+        assert!(e.to_string().contains("does not accept WebSocket"), "{e}");
+        assert!(matches!(
+            refused(&mut handshake("/ws", &[]), true, true),
+            GatewayError::ShuttingDown
+        ));
+        let mut v8 = handshake("/ws", &[]);
+        v8.headers_mut().insert("sec-websocket-version", "8".parse().unwrap());
+        assert!(matches!(refused(&mut v8, true, false), GatewayError::WebSocketVersion));
+        let mut chunked = handshake("/ws", &[("transfer-encoding", "chunked")]);
+        assert!(refused(&mut chunked, true, false).to_string().contains("no body"));
+        let mut two_offers = handshake("/ws", &[("sec-websocket-protocol", "gatehouse.bearer.a, gatehouse.bearer.b, chat")]);
+        assert!(matches!(refused(&mut two_offers, true, false), GatewayError::Unauthorized(_)));
+        for key in [
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=!",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        ] {
+            let mut bad = handshake("/ws", &[]);
+            bad.headers_mut().insert("sec-websocket-key", key.parse().unwrap());
+            assert!(refused(&mut bad, true, false).to_string().contains("Sec-WebSocket-Key"), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_in_the_offer_or_query_is_taken_out_and_the_rest_kept_as_sent() {
+        let mut req = handshake(
+            "/ws?room=a%20b&access_token=x.y%2Ez&flag&=odd",
+            &[
+                ("sec-websocket-protocol", "chat"),
+                ("sec-websocket-protocol", "gatehouse.bearer.t.u.v, v2.chat"),
+            ],
+        );
+        let hs = accept(&ctx(true), &mut req, false).unwrap().unwrap();
+        // The offer wins over the query; both are removed.
+        assert_eq!(hs.token(), Some("t.u.v"));
+        assert_eq!(req.uri().to_string(), "/ws?room=a%20b&flag&=odd");
+        assert_eq!(req.headers()["sec-websocket-protocol"], "chat, v2.chat");
+        let mut forwarded = HeaderMap::new();
+        hs.restore(&mut forwarded);
+        assert_eq!(forwarded["sec-websocket-protocol"], "chat, v2.chat");
+        assert_eq!(forwarded["sec-websocket-key"], KEY);
+        assert_eq!(forwarded["upgrade"], "websocket");
+
+        let mut req = handshake("/ws?access_token=x.y%2Ez", &[]);
+        let hs = accept(&ctx(true), &mut req, false).unwrap().unwrap();
+        assert_eq!(hs.token(), Some("x.y.z"));
+        assert_eq!(req.uri().to_string(), "/ws");
+        assert!(!req.headers().contains_key("sec-websocket-protocol"));
+    }
+
+    #[test]
+    fn a_switch_is_genuine_only_with_websocket_the_right_accept_and_an_offered_protocol() {
+        let mut req = handshake("/ws", &[("sec-websocket-protocol", "chat")]);
+        let hs = accept(&ctx(true), &mut req, false).unwrap().unwrap();
+        let answer = |fields: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in fields {
+                h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            genuine(&h, &hs)
+        };
+        let accept = ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(answer(&[("upgrade", "websocket"), accept]), Ok(()));
+        assert_eq!(
+            answer(&[("upgrade", "WebSocket"), accept, ("sec-websocket-protocol", "chat")]),
+            Ok(())
+        );
+        assert!(answer(&[("upgrade", "h2c"), accept]).is_err());
+        assert!(answer(&[("upgrade", "websocket, h2c"), accept]).is_err());
+        assert!(answer(&[("upgrade", "websocket")]).is_err());
+        assert!(answer(&[("upgrade", "websocket"), ("sec-websocket-accept", "AAAAAAAAAAAAAAAAAAAAAAAAAAA=")]).is_err());
+        assert!(answer(&[("upgrade", "websocket"), accept, accept]).is_err());
+        assert!(answer(&[("upgrade", "websocket"), accept, ("sec-websocket-protocol", "rogue")]).is_err());
+        assert!(answer(&[("upgrade", "websocket"), accept, ("sec-websocket-protocol", "chat, chat")]).is_err());
+    }
+}
