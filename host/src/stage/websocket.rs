@@ -192,7 +192,7 @@ fn take_query_token<B>(req: &mut Request<B>) -> Result<Option<String>, GatewayEr
 /// subprotocol the client offered, if any) becomes the client's 101 and a
 /// tunnel; anything else the service answers goes to the client as an
 /// ordinary response, and the client's connection stays HTTP.
-pub async fn open<B>(
+pub async fn open<B: http_body::Body>(
     ctx: &RequestCtx,
     req: Request<B>,
     hs: Handshake,
@@ -201,10 +201,11 @@ pub async fn open<B>(
     limits: &WebSocketConfig,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let route = ctx.route()?.clone();
-    let (mut parts, _) = req.into_parts();
-    if parts.method != Method::GET {
+    let (mut parts, body) = req.into_parts();
+    // Only a plugin's forward can differ from the checked handshake.
+    if parts.method != Method::GET || !body.is_end_stream() {
         return Err(GatewayError::PluginFailed(
-            "invalid forward: a WebSocket handshake is forwarded as a GET".into(),
+            "invalid forward: a WebSocket handshake is forwarded as a GET without a body".into(),
         ));
     }
     hs.restore(&mut parts.headers);
