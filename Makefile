@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test audit fuzz build plugins lint bench bench-instructions bench-plugins bench-plugin-floor bench-reload pgo
+.PHONY: run test audit fuzz build plugins lint bench bench-instructions bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -49,6 +49,10 @@ bench-plugins:
 # wasmtime's own per-call cost (the floor under #5's goal) vs the hello template.
 bench-plugin-floor:
 	./bench/plugin-floor.sh
+
+# WebSocket echo through the gateway vs direct, and memory per idle tunnel.
+bench-websocket:
+	./bench/websocket.sh
 
 # Reload latency: last write of a changed plugin → first response from it.
 bench-reload: plugins
