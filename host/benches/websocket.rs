@@ -293,7 +293,7 @@ fn main() {
         assert_eq!(open_now, idle, "every tunnel is open");
         println!(
             "  gateway RSS {before} KiB → {after} KiB with {idle} open: {:.1} KiB per idle tunnel",
-            (after - before) as f64 / idle as f64
+            (after as f64 - before as f64) / idle as f64
         );
         drop(held);
     });
