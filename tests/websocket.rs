@@ -623,7 +623,8 @@ async fn a_tunnel_past_its_maximum_lifetime_is_closed_busy_or_not() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!((5..50).contains(&echoed), "echoed {echoed}");
+    // About ten fit in the second; a loaded machine fits fewer, never all.
+    assert!((2..50).contains(&echoed), "echoed {echoed}");
     assert!(started.elapsed() < Duration::from_secs(4));
 }
 
