@@ -16,7 +16,8 @@
 //!
 //! Run it with `make bench-websocket` (bench/websocket.sh raises the
 //! open-file limit, then runs `cargo bench -p gatehouse --bench websocket`);
-//! `ROUNDS=5 DURATION=10 CONNS=32 WINDOW=16 SIZE=64 IDLE=10000` are the knobs.
+//! `ROUNDS=5 DURATION=10 CONNS=32 WINDOW=16 SIZE=64 IDLE=10000` are the knobs;
+//! `SERVICE_CORE=0` moves the echo service to the proxies' core.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -98,9 +99,19 @@ http {{
     let child = cmd.spawn().ok()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let up = common::wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(addr).ok());
-    assert!(up.is_some(), "nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+    assert!(
+        up.is_some(),
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+    );
     pin(child.id(), 0);
-    Some((common::Proc { child, lines: Default::default() }, addr))
+    Some((
+        common::Proc {
+            child,
+            lines: Default::default(),
+        },
+        addr,
+    ))
 }
 
 struct Target {
@@ -142,7 +153,9 @@ async fn echo_load(t: &Target, auth: &str, conns: u64, window: u64, size: usize,
             let mut rtts = Vec::new();
             let mut in_flight = window;
             while in_flight > 0 {
-                let Some(Ok(Message::Binary(b))) = ws.next().await else { panic!("the echo stopped") };
+                let Some(Ok(Message::Binary(b))) = ws.next().await else {
+                    panic!("the echo stopped")
+                };
                 let now = Instant::now();
                 let sent = u64::from_le_bytes(b[..8].try_into().unwrap());
                 rtts.push(((now.duration_since(epoch).as_nanos() as u64 - sent) / 1000) as u32);
@@ -192,7 +205,9 @@ fn main() {
         },
     );
     pin(gw.proc.child.id(), 0);
-    pin(demo.proc.child.id(), 1);
+    // SERVICE_CORE=0 puts the echo service beside the proxies: then the
+    // direct path crosses cores too.
+    pin(demo.proc.child.id(), env("SERVICE_CORE", 1) as u32);
     pin(std::process::id(), 1);
     let gw_pid = gw.proc.child.id();
     let auth = format!("Bearer {}", token("bench", Some("pro")));
@@ -257,10 +272,17 @@ fn main() {
         );
         if let Some(n) = rates.get(2) {
             let n = median(n.clone());
-            println!("  median: nginx {n:.0} msg/s = {:.2}× direct; the gateway = {:.2}× nginx", n / d, g / n);
+            println!(
+                "  median: nginx {n:.0} msg/s = {:.2}× direct; the gateway = {:.2}× nginx",
+                n / d,
+                g / n
+            );
         }
 
-        println!("latency: 1 socket, 1 message of {size} B in flight, {}s per target, {rounds} rounds", duration.as_secs());
+        println!(
+            "latency: 1 socket, 1 message of {size} B in flight, {}s per target, {rounds} rounds",
+            duration.as_secs()
+        );
         let mut p50s = vec![Vec::new(); targets.len()];
         for round in 1..=rounds {
             for (i, t) in targets.iter().enumerate() {
@@ -272,7 +294,10 @@ fn main() {
             }
         }
         let (d, g) = (median(p50s[0].clone()), median(p50s[1].clone()));
-        println!("  median p50: direct {d:.0} µs, gateway {g:.0} µs: the gateway adds {:.0} µs per round trip", g - d);
+        println!(
+            "  median p50: direct {d:.0} µs, gateway {g:.0} µs: the gateway adds {:.0} µs per round trip",
+            g - d
+        );
         if let Some(n) = p50s.get(2) {
             let n = median(n.clone());
             println!("  median p50: nginx {n:.0} µs: adds {:.0} µs per round trip", n - d);

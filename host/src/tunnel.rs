@@ -239,28 +239,41 @@ where
             break;
         }
         activity.touch();
-        to.write_all(&inline[..n]).await?;
-        moved.fetch_add(n as u64, Ordering::Relaxed);
         if n < INLINE {
+            to.write_all(&inline[..n]).await?;
+            moved.fetch_add(n as u64, Ordering::Relaxed);
             continue;
         }
-        // A burst: a large buffer while bytes are ready (uninitialized
-        // capacity, filled by the read), given back when they are not.
+        // A burst: a large buffer (uninitialized capacity, filled by the
+        // reads) takes what is ready, so it goes out in one write, while
+        // bytes keep coming; it is given back when they stop.
         let mut burst = Vec::with_capacity(BURST);
+        burst.extend_from_slice(&inline);
         loop {
+            let mut ended = false;
+            let mut drained = false;
+            while burst.len() < burst.capacity() {
+                match from.read_buf(&mut burst).now_or_never() {
+                    None => {
+                        drained = true;
+                        break;
+                    }
+                    Some(Ok(0)) => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Ok(_)) => activity.touch(),
+                    Some(Err(error)) => return Err(error),
+                }
+            }
+            to.write_all(&burst).await?;
+            moved.fetch_add(burst.len() as u64, Ordering::Relaxed);
             burst.clear();
-            match from.read_buf(&mut burst).now_or_never() {
-                None => break,
-                Some(Ok(0)) => {
-                    to.shutdown().await?;
-                    return Ok(());
-                }
-                Some(Ok(n)) => {
-                    activity.touch();
-                    to.write_all(&burst[..n]).await?;
-                    moved.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                Some(Err(error)) => return Err(error),
+            if ended {
+                return to.shutdown().await;
+            }
+            if drained {
+                break;
             }
         }
     }
