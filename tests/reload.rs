@@ -342,7 +342,10 @@ fn bad_files_are_refused_while_the_old_version_serves() {
 
     // Every refusal is counted in the metrics.
     let metrics = admin_get(gw.admin, "/metrics");
-    assert!(metrics.header("content-type").unwrap().starts_with("text/plain"), "{metrics:?}");
+    assert!(
+        metrics.header("content-type").unwrap().starts_with("application/openmetrics-text"),
+        "{metrics:?}"
+    );
     let text = metrics.text();
     let value = |series: &str| -> u64 {
         let line = text

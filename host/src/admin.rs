@@ -14,9 +14,17 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use std::collections::BTreeMap;
+
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
 use crate::body::{GatewayBody, full};
+use crate::client::PoolStats;
 use crate::gateway::Gateway;
+use crate::metrics::{self, Scraped, Writer};
 use crate::reload::{Outcome, Reloads, Trigger};
+use crate::wasm::plugin::LoadedPlugin;
 
 /// How long `POST /admin/reload` waits for its attempt before answering 202.
 const RELOAD_WAIT: Duration = Duration::from_secs(60);
@@ -117,73 +125,148 @@ fn plugins(gw: &Gateway) -> Value {
     Value::Array(list)
 }
 
-/// Prometheus text exposition: reload attempts and refusals, and each
-/// serving plugin version's calls and failures.
-fn metrics(gw: &Gateway, reloads: &Reloads) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let c = &reloads.counts;
-    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    out.push_str("# HELP gatehouse_reloads_total Reload attempts by outcome.\n# TYPE gatehouse_reloads_total counter\n");
-    for (outcome, v) in [
-        ("applied", &c.applied),
-        ("partial", &c.partial),
-        ("refused", &c.refused),
-        ("unchanged", &c.unchanged),
-    ] {
-        let _ = writeln!(out, "gatehouse_reloads_total{{outcome=\"{outcome}\"}} {}", n(v));
-    }
-    out.push_str("# HELP gatehouse_reload_refusals_total New file content refused by a reload (the previous version kept serving).\n# TYPE gatehouse_reload_refusals_total counter\n");
-    for (file, v) in c.refusals.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let _ = writeln!(out, "gatehouse_reload_refusals_total{{file=\"{}\"}} {v}", label(file));
-    }
-    out.push_str(
-        "# HELP gatehouse_websocket_tunnels_open Open WebSocket tunnels by route.\n# TYPE gatehouse_websocket_tunnels_open gauge\n",
+/// The registry `/metrics` encodes: the families requests are counted in,
+/// plugin compile times, and what is read from the gateway at each scrape.
+fn registry(gw: &Arc<Gateway>, reloads: &Arc<Reloads>) -> Registry {
+    let mut registry = Registry::default();
+    gw.metrics.register(&mut registry);
+    registry.register(
+        "gatehouse_plugin_compile_duration_seconds",
+        "Time to compile a plugin version (or read it from the compile cache), by compiler",
+        gw.runtime.compiles.clone(),
     );
-    for (route, open) in gw.tunnels.by_route() {
-        let _ = writeln!(out, "gatehouse_websocket_tunnels_open{{route=\"{}\"}} {open}", label(&route));
-    }
-    out.push_str("# HELP gatehouse_websocket_tunnels_opened_total WebSocket tunnels opened since start.\n# TYPE gatehouse_websocket_tunnels_opened_total counter\n");
-    let _ = writeln!(out, "gatehouse_websocket_tunnels_opened_total {}", gw.tunnels.opened());
-    let snapshot = gw.snapshot();
-    out.push_str(
-        "# HELP gatehouse_plugin_calls_total Calls to the serving version of a plugin.\n# TYPE gatehouse_plugin_calls_total counter\n",
-    );
-    let serving: Vec<_> = snapshot.plugins.files.values().filter_map(|e| e.serving.as_ref()).collect();
-    for p in &serving {
-        let _ = writeln!(
-            out,
-            "gatehouse_plugin_calls_total{{plugin=\"{}\",version=\"{}\"}} {}",
-            label(&p.name),
-            &p.sha256[..12],
-            n(&p.stats.calls)
-        );
-    }
-    out.push_str("# HELP gatehouse_plugin_failures_total Failed plugin calls by kind.\n# TYPE gatehouse_plugin_failures_total counter\n");
-    for p in &serving {
-        let s = &p.stats;
-        for (kind, v) in [
-            ("trap", &s.traps),
-            ("deadline", &s.timeouts),
-            ("memory", &s.memory_limit),
-            ("pool_exhausted", &s.busy),
-            ("invalid_result", &s.bad_results),
-        ] {
-            let _ = writeln!(
-                out,
-                "gatehouse_plugin_failures_total{{plugin=\"{}\",version=\"{}\",kind=\"{kind}\"}} {}",
-                label(&p.name),
-                &p.sha256[..12],
-                n(v)
-            );
-        }
-    }
-    out
+    let (g, r) = (gw.clone(), reloads.clone());
+    registry.register_collector(Box::new(Scraped(move |w: &mut Writer<'_, '_>| scrape(&g, &r, w))));
+    registry.register_collector(Box::new(Scraped(metrics::process)));
+    registry.register_collector(Box::new(Scraped(metrics::build)));
+    registry
 }
 
-/// A Prometheus label value: backslash, quote and newline escaped.
-fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// What is read from the gateway's state at each scrape: reloads, plugins
+/// (per version), WebSocket tunnels and the upstream pool.
+fn scrape(gw: &Gateway, reloads: &Reloads, w: &mut Writer<'_, '_>) -> std::fmt::Result {
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let c = &reloads.counts;
+    w.counters(
+        "gatehouse_reloads",
+        "Reload attempts by outcome",
+        [
+            ("applied", &c.applied),
+            ("partial", &c.partial),
+            ("refused", &c.refused),
+            ("unchanged", &c.unchanged),
+        ]
+        .map(|(outcome, v)| ([("outcome", outcome)], n(v))),
+    )?;
+    let refusals: Vec<(String, u64)> = c
+        .refusals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(f, v)| (f.clone(), *v))
+        .collect();
+    w.counters(
+        "gatehouse_reload_refusals",
+        "New file content refused by a reload (the previous version kept serving), by file",
+        refusals.iter().map(|(file, v)| ([("file", file.as_str())], *v)),
+    )?;
+
+    let snapshot = gw.snapshot();
+    let mut states: BTreeMap<&str, i64> = [("loaded", 0), ("failed", 0), ("removed", 0)].into();
+    for entry in snapshot.plugins.files.values() {
+        let state = match (&entry.refused, &entry.serving) {
+            (Some(_), _) | (None, None) => "failed",
+            (None, Some(_)) if entry.removed => "removed",
+            (None, Some(_)) => "loaded",
+        };
+        *states.entry(state).or_default() += 1;
+    }
+    w.gauges(
+        "gatehouse_plugins",
+        "Plugin names in plugins/ by state (failed: the newest file was refused)",
+        states.into_iter().map(|(state, v)| ([("state", state)], v)),
+    )?;
+    let serving: Vec<_> = snapshot.plugins.files.values().filter_map(|e| e.serving.as_ref()).collect();
+    let version = |p: &LoadedPlugin| [("plugin", p.name.to_string()), ("version", p.sha256[..12].to_string())];
+    w.counters(
+        "gatehouse_plugin_calls",
+        "Calls to a plugin version",
+        serving.iter().map(|p| (version(p), n(&p.stats.calls))),
+    )?;
+    w.counters(
+        "gatehouse_plugin_failures",
+        "Failed calls to a plugin version, by kind",
+        serving.iter().flat_map(|p| {
+            let s = &p.stats;
+            [
+                ("trap", &s.traps),
+                ("deadline", &s.timeouts),
+                ("memory", &s.memory_limit),
+                ("pool_exhausted", &s.busy),
+                ("invalid_result", &s.bad_results),
+            ]
+            .map(|(kind, v)| {
+                let [plugin, version] = version(p);
+                ([plugin, version, ("kind", kind.to_string())], n(v))
+            })
+        }),
+    )?;
+    w.family(
+        "gatehouse_plugin_duration_seconds",
+        "Wall-clock time of a plugin call, instantiation included",
+        MetricType::Histogram,
+        serving.iter().map(|p| (version(p), p.stats.duration.clone())),
+    )?;
+    w.family(
+        "gatehouse_plugin_peak_memory_bytes",
+        "The largest linear memory of each plugin call",
+        MetricType::Histogram,
+        serving.iter().map(|p| (version(p), p.stats.peak_memory.clone())),
+    )?;
+    w.gauges(
+        "gatehouse_plugin_instances_in_use",
+        "Plugin instances running a call now",
+        serving.iter().map(|p| (version(p), p.stats.in_use.load(Ordering::Relaxed))),
+    )?;
+
+    w.gauges(
+        "gatehouse_websocket_tunnels_open",
+        "Open WebSocket tunnels by route",
+        gw.tunnels.by_route().into_iter().map(|(route, v)| ([("route", route)], v as i64)),
+    )?;
+    let none: [(&str, &str); 0] = [];
+    w.counters(
+        "gatehouse_websocket_tunnels_opened",
+        "WebSocket tunnels opened since start",
+        [(none, gw.tunnels.opened())],
+    )?;
+
+    // The pool is keyed by upstream address; a service names one.
+    let services: BTreeMap<String, &str> = snapshot
+        .router
+        .routes()
+        .iter()
+        .map(|r| (r.upstream.authority.to_string(), &*r.service))
+        .collect();
+    let pools: Vec<PoolStats> = gw.upstream.pool_stats();
+    let service = |p: &PoolStats| services.get(&p.authority).copied().unwrap_or("unknown").to_string();
+    w.gauges(
+        "gatehouse_upstream_connections",
+        "Connections to a service, by state (idle: in the pool; active: carrying a request)",
+        pools.iter().flat_map(|p| {
+            [("idle", p.idle), ("active", p.open.saturating_sub(p.idle))].map(|(state, v)| {
+                (
+                    [
+                        ("service", service(p)),
+                        ("upstream", p.authority.clone()),
+                        ("state", state.to_string()),
+                    ],
+                    v as i64,
+                )
+            })
+        }),
+    )?;
+    Ok(())
 }
 
 /// Open WebSocket tunnels: in all, per route prefix, and opened since start.
@@ -219,7 +302,7 @@ async fn reload(reloads: &Reloads) -> Response<GatewayBody> {
     }
 }
 
-async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, req: &Request<B>) -> Response<GatewayBody> {
+async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, registry: &Registry, req: &Request<B>) -> Response<GatewayBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") if gw.is_draining() => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"})),
@@ -229,10 +312,10 @@ async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, req: &Request<B>) -> Re
         (&Method::GET, "/admin/reloads") => json_response(StatusCode::OK, &recent_reloads(reloads)),
         (&Method::GET, "/admin/tunnels") => json_response(StatusCode::OK, &tunnels(gw)),
         (&Method::GET, "/metrics") => {
-            let mut resp = Response::new(full(Bytes::from(metrics(gw, reloads))));
+            let mut resp = Response::new(full(Bytes::from(metrics::encode(registry))));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
             );
             resp
         }
@@ -245,13 +328,14 @@ async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, req: &Request<B>) -> Re
 /// Serves admin requests until the task is aborted: what serves from the
 /// gateway, reloads through their queue and records.
 pub async fn serve(gw: Arc<Gateway>, reloads: Arc<Reloads>, listener: TcpListener) {
+    let registry = Arc::new(registry(&gw, &reloads));
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let (gw, reloads) = (gw.clone(), reloads.clone());
+        let (gw, reloads, registry) = (gw.clone(), reloads.clone(), registry.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let (gw, reloads) = (gw.clone(), reloads.clone());
-                async move { Ok::<_, Infallible>(route_admin(&gw, &reloads, &req).await) }
+                let (gw, reloads, registry) = (gw.clone(), reloads.clone(), registry.clone());
+                async move { Ok::<_, Infallible>(route_admin(&gw, &reloads, &registry, &req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -61,6 +61,10 @@ pub struct RequestCtx {
     pub plugin: Option<Arc<str>>,
     /// Why the request failed, for the log line.
     pub error: Option<(Source, String)>,
+    /// The failure as a closed-set code, for the log line and the metrics
+    /// alike (`GatewayError::reason`), and the 401's reason.
+    pub reason: Option<&'static str>,
+    pub auth_reason: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -76,6 +80,8 @@ impl RequestCtx {
             identity: None,
             plugin: None,
             error: None,
+            reason: None,
+            auth_reason: None,
         }
     }
 
@@ -94,6 +100,10 @@ impl RequestCtx {
     /// Records a failure for the log line.
     pub fn fail(&mut self, err: &GatewayError) {
         self.error = Some((err.source(), err.detail()));
+        self.reason = Some(err.reason());
+        if let GatewayError::Unauthorized(auth) = err {
+            self.auth_reason = Some(auth.reason());
+        }
     }
 }
 

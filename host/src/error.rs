@@ -92,6 +92,27 @@ impl GatewayError {
         }
     }
 
+    /// What went wrong as a code from a closed set: the access line's
+    /// `reason` and the metrics' `reason` label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::WebSocketVersion => "bad_request",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::NotFound => "not_found",
+            GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::HeadersTooLarge => "headers_too_large",
+            GatewayError::ShuttingDown => "shutting_down",
+            GatewayError::UpstreamUnavailable(_) => "upstream_unavailable",
+            GatewayError::UpstreamBadResponse(_) => "upstream_bad_response",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::PluginUnavailable(_) => "plugin_unavailable",
+            GatewayError::PluginFailed(_) => "plugin_failed",
+            GatewayError::PluginTimeout(_) => "plugin_timeout",
+            GatewayError::Internal(_) => "internal",
+        }
+    }
+
     /// The detail kept for the log (never sent to the client).
     pub fn detail(&self) -> String {
         match self {

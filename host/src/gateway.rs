@@ -25,6 +25,7 @@ use crate::client::UpstreamClient;
 use crate::config::Config;
 use crate::context::{Peer, RequestCtx};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::snapshot::{Live, Snapshot};
 use crate::stage;
 use crate::stage::admit::Limits;
@@ -42,6 +43,8 @@ pub struct Gateway {
     pub runtime: Arc<Runtime>,
     /// Open WebSocket tunnels.
     pub tunnels: Arc<Tunnels>,
+    /// What requests are counted in (`/metrics`).
+    pub metrics: Metrics,
     live: Live,
     trusted: Vec<IpNet>,
     draining: AtomicBool,
@@ -61,6 +64,7 @@ impl Gateway {
             upstream: UpstreamClient::dropping(&config.upstream, stage::response::drops),
             runtime,
             tunnels: Arc::default(),
+            metrics: Metrics::default(),
             live,
             trusted: config.server.trusted_proxies.clone(),
             draining: AtomicBool::new(false),
@@ -108,6 +112,7 @@ impl Gateway {
         };
         stage::request_id::echo(&ctx, &mut resp);
         stage::log::record(&ctx, &resp);
+        self.metrics.record(&ctx, resp.status().as_u16(), ctx.started.elapsed());
         resp
     }
 
@@ -130,14 +135,14 @@ impl Gateway {
         if let Some(hs) = handshake {
             let ws = &self.config.websocket;
             return match handled {
-                Handled::Native(req) => stage::websocket::open(ctx, req, hs, &self.upstream, &self.tunnels, ws).await,
-                Handled::Forward(req) => stage::websocket::open(ctx, req, hs, &self.upstream, &self.tunnels, ws).await,
+                Handled::Native(req) => stage::websocket::open(ctx, req, hs, &self.upstream, &self.tunnels, ws, &self.metrics).await,
+                Handled::Forward(req) => stage::websocket::open(ctx, req, hs, &self.upstream, &self.tunnels, ws, &self.metrics).await,
                 Handled::Respond(resp) => Ok(resp),
             };
         }
         match handled {
-            Handled::Native(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
-            Handled::Forward(req) => stage::upstream::forward(ctx, req, &self.upstream).await,
+            Handled::Native(req) => stage::upstream::forward(ctx, req, &self.upstream, &self.metrics).await,
+            Handled::Forward(req) => stage::upstream::forward(ctx, req, &self.upstream, &self.metrics).await,
             Handled::Respond(resp) => Ok(resp),
         }
     }

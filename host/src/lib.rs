@@ -36,6 +36,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
 pub mod logsink;
+pub mod metrics;
 pub mod outbound;
 pub mod path;
 pub mod reload;

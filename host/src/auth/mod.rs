@@ -90,6 +90,25 @@ pub enum AuthError {
     Invalid,
 }
 
+impl AuthError {
+    /// Why a token was refused, as a code from a closed set: the access
+    /// line's `auth_reason` and `gatehouse_auth_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::BadScheme | AuthError::Malformed | AuthError::Invalid => "malformed",
+            AuthError::TooLarge => "too_large",
+            AuthError::Algorithm => "wrong_alg",
+            AuthError::Critical => "unsupported_header",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::Signature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::Issuer | AuthError::Audience | AuthError::Subject | AuthError::Tier => "bad_claims",
+        }
+    }
+}
+
 impl From<jsonwebtoken::errors::Error> for AuthError {
     fn from(e: jsonwebtoken::errors::Error) -> Self {
         use jsonwebtoken::errors::ErrorKind::*;

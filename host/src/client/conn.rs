@@ -26,6 +26,24 @@ pub(super) struct Conn {
     /// Bytes to write, from `wpos` on.
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Counts the connection among its host's open ones while it lives.
+    _open: Option<Open>,
+}
+
+/// One open connection in a host's count.
+pub(super) struct Open(pub std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Open {
+    pub fn new(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Open {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Conn {
@@ -35,7 +53,14 @@ impl Conn {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: Vec::with_capacity(1024),
             wpos: 0,
+            _open: None,
         }
+    }
+
+    /// The connection, counted in `open` while it lives.
+    pub fn counted(mut self, open: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self._open = Some(Open::new(open));
+        self
     }
 
     /// Whether an idle connection can take a request: nothing arrived on it

@@ -70,9 +70,11 @@ struct Inner {
     reaper_started: AtomicBool,
 }
 
-/// One upstream's idle connections, oldest first.
+/// One upstream's idle connections, oldest first, and how many of its
+/// connections are open (idle or in use).
 struct Host {
     idle: Mutex<Vec<Idle>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct Idle {
@@ -197,7 +199,7 @@ impl UpstreamClient {
         }
         // Boxed: a connect's future is large and rare; inline it would grow
         // every request's future.
-        let conn = Box::pin(self.inner.connect(upstream)).await?;
+        let conn = Box::pin(self.inner.connect(upstream)).await?.counted(&host.open);
         match self.send(&host, conn, &parts, &mut body, chunked).await {
             Ok(resp) => Ok(resp),
             Err(Failed::NotSent(e) | Failed::ClosedBeforeResponse(e) | Failed::Other(e)) => Err(e),
@@ -239,6 +241,34 @@ impl UpstreamClient {
     }
 }
 
+/// One upstream's pooled connections, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The upstream's authority, as configured.
+    pub authority: String,
+    /// Connections open to it (idle or in use; a switched one is its tunnel's).
+    pub open: usize,
+    /// Of those, idle in the pool.
+    pub idle: usize,
+}
+
+impl UpstreamClient {
+    /// Every upstream the pool knows, with its open and idle connections.
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        let hosts = self.inner.hosts.lock().expect("pool lock");
+        let mut list: Vec<PoolStats> = hosts
+            .iter()
+            .map(|(authority, host)| PoolStats {
+                authority: authority.to_string(),
+                open: host.open.load(Ordering::Relaxed),
+                idle: host.idle.lock().expect("pool lock").len(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.authority.cmp(&b.authority));
+        list
+    }
+}
+
 impl Inner {
     fn host(self: &Arc<Self>, upstream: &Upstream) -> Arc<Host> {
         let mut hosts = self.hosts.lock().expect("pool lock");
@@ -247,6 +277,7 @@ impl Inner {
         }
         let host = Arc::new(Host {
             idle: Mutex::new(Vec::new()),
+            open: Arc::default(),
         });
         hosts.insert(upstream.authority.as_str().into(), host.clone());
         drop(hosts);

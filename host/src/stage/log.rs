@@ -29,6 +29,8 @@ pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>) {
         ("plugin", ctx.plugin.as_deref().map(Value::Str)),
         ("status", Some(Value::Num(u64::from(status)))),
         ("latency_us", Some(Value::Num(latency_us))),
+        ("reason", ctx.reason.map(Value::Plain)),
+        ("auth_reason", ctx.auth_reason.map(Value::Plain)),
         ("error_source", source.map(Value::Str)),
         ("error", detail.map(Value::Str)),
     ]);

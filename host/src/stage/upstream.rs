@@ -7,6 +7,7 @@
 use std::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -14,11 +15,18 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use crate::body::{BodyTooLarge, BoxError, GatewayBody, IdleBody, RequestBody};
-use crate::client::{UpstreamClient, UpstreamError};
+use crate::client::{HeadError, UpstreamClient, UpstreamError};
+use crate::config::Route;
 use crate::context::RequestCtx;
 use crate::error::{GatewayError, causes, chain};
+use crate::metrics::{Metrics, Name, ServiceLabels, UpstreamErrorLabels};
 
-pub async fn forward<B>(ctx: &RequestCtx, req: Request<B>, up: &UpstreamClient) -> Result<Response<GatewayBody>, GatewayError>
+pub async fn forward<B>(
+    ctx: &RequestCtx,
+    req: Request<B>,
+    up: &UpstreamClient,
+    metrics: &Metrics,
+) -> Result<Response<GatewayBody>, GatewayError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -44,8 +52,10 @@ where
     // Pinned in place: the timeout then wraps a pointer, not a copy of the
     // exchange's future.
     let sent = std::pin::pin!(up.request(&route.upstream, Request::from_parts(parts, body)));
+    let started = Instant::now();
     let resp = match tokio::time::timeout(up.first_byte_timeout, sent).await {
         Err(_) => {
+            count_error(metrics, &route, "timeout");
             return Err(GatewayError::UpstreamTimeout(format!(
                 "no response from {} within {:?}",
                 route.upstream.authority, up.first_byte_timeout
@@ -54,11 +64,47 @@ where
         Ok(Err(e)) if exceeded.is_some_and(|f| f.load(Ordering::Relaxed)) || caused_by::<BodyTooLarge>(&e) => {
             return Err(GatewayError::PayloadTooLarge);
         }
-        Ok(Err(e)) => return Err(classify(&e, route.upstream.authority.as_str())),
+        Ok(Err(e)) => {
+            count_error(metrics, &route, kind(&e));
+            return Err(classify(&e, route.upstream.authority.as_str()));
+        }
         Ok(Ok(resp)) => resp,
     };
+    metrics
+        .upstream_seconds
+        .get_or_create(&ServiceLabels {
+            service: Name(route.service.clone()),
+        })
+        .observe(started.elapsed().as_secs_f64());
     // The client dropped what the response stage drops as it parsed the head.
     Ok(resp.map(|body| IdleBody::new(body, up.idle_timeout).boxed_unsync()))
+}
+
+/// Counts a request to `route`'s service that got no response.
+pub(crate) fn count_error(metrics: &Metrics, route: &Route, kind: &'static str) {
+    metrics
+        .upstream_errors
+        .get_or_create(&UpstreamErrorLabels {
+            service: Name(route.service.clone()),
+            kind,
+        })
+        .inc();
+}
+
+/// Why a service gave no response, from a closed set: `refused` (no
+/// connection), `reset` (the connection broke or closed), `timeout`,
+/// `too_large` (a response head over the limit), `invalid_response`.
+pub(crate) fn kind(err: &UpstreamError) -> &'static str {
+    let timed_out = chain(err)
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
+    match err {
+        _ if timed_out => "timeout",
+        UpstreamError::Connect(_) => "refused",
+        UpstreamError::BadResponse(HeadError::TooLarge(_)) => "too_large",
+        UpstreamError::BadResponse(_) => "invalid_response",
+        UpstreamError::Io(_) | UpstreamError::Closed | UpstreamError::Truncated | UpstreamError::Body(_) => "reset",
+    }
 }
 
 fn caused_by<E: Error + 'static>(err: &(dyn Error + 'static)) -> bool {

@@ -25,6 +25,7 @@ use crate::client::{UpstreamClient, UpstreamUpgrade};
 use crate::config::WebSocketConfig;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::tunnel::{self, Tunnel, Tunnels};
 
 /// A subprotocol offer that carries a token: `gatehouse.bearer.<jwt>`.
@@ -199,6 +200,7 @@ pub async fn open<B: http_body::Body>(
     up: &UpstreamClient,
     tunnels: &Arc<Tunnels>,
     limits: &WebSocketConfig,
+    metrics: &Metrics,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let route = ctx.route()?.clone();
     let (mut parts, body) = req.into_parts();
@@ -213,12 +215,16 @@ pub async fn open<B: http_body::Body>(
     let sent = std::pin::pin!(up.request(&route.upstream, Request::from_parts(parts, crate::body::empty())));
     let resp = match tokio::time::timeout(up.first_byte_timeout, sent).await {
         Err(_) => {
+            super::upstream::count_error(metrics, &route, "timeout");
             return Err(GatewayError::UpstreamTimeout(format!(
                 "no response from {} within {:?}",
                 route.upstream.authority, up.first_byte_timeout
             )));
         }
-        Ok(Err(e)) => return Err(super::upstream::classify(&e, route.upstream.authority.as_str())),
+        Ok(Err(e)) => {
+            super::upstream::count_error(metrics, &route, super::upstream::kind(&e));
+            return Err(super::upstream::classify(&e, route.upstream.authority.as_str()));
+        }
         Ok(Ok(resp)) => resp,
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -230,6 +236,7 @@ pub async fn open<B: http_body::Body>(
         return Err(GatewayError::Internal("a 101 without its connection".into()));
     };
     if let Err(why) = genuine(&parts.headers, &hs) {
+        super::upstream::count_error(metrics, &route, "invalid_response");
         return Err(GatewayError::UpstreamBadResponse(format!(
             "{}: not a WebSocket switch: {why}",
             route.upstream.authority

@@ -30,6 +30,22 @@ pub enum CallError {
     Trap(String),
 }
 
+/// Counts a running call in `PluginStats::in_use` until dropped.
+struct InUse<'a>(&'a PluginStats);
+
+impl<'a> InUse<'a> {
+    fn enter(stats: &'a PluginStats) -> Self {
+        stats.in_use.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InUse(stats)
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Runs `handle` on a fresh instance of `plugin`.
 pub async fn call(
     plugin: &Arc<LoadedPlugin>,
@@ -40,6 +56,7 @@ pub async fn call(
     request: Request,
 ) -> Result<Action, CallError> {
     PluginStats::bump(&plugin.stats.calls);
+    let _in_use = InUse::enter(&plugin.stats);
     let _running = plugin.epoch.running();
     let memory = state.limiter_memory();
     let mut store = Store::new(plugin.pre.engine(), state);
@@ -72,6 +89,8 @@ pub async fn call(
         }
     };
     store.data().flush_stdio();
+    plugin.stats.duration.observe(started.elapsed().as_secs_f64());
+    plugin.stats.peak_memory.observe(store.data().limiter.peak as f64);
     let err = match outcome {
         Ok(Ok(action)) => return Ok(action),
         Err(_) => CallError::Deadline(deadline),

@@ -10,6 +10,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::{Histograms, OneLabel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -67,6 +71,9 @@ pub struct Runtime {
     _ticker: EpochTicker,
     /// The Winch engine of `tiered` mode, made on first use.
     baseline: OnceLock<Result<Tier, String>>,
+    /// How long plugin code took to compile (or to come from the cache),
+    /// by compiler.
+    pub compiles: Histograms<OneLabel>,
 }
 
 impl Runtime {
@@ -88,6 +95,7 @@ impl Runtime {
             epoch,
             _ticker,
             baseline: OnceLock::new(),
+            compiles: Family::new_with_constructor(crate::metrics::latency_histogram),
         })
     }
 

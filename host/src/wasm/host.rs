@@ -75,7 +75,11 @@ impl PluginState {
         PluginState {
             wasi: None,
             table: ResourceTable::new(),
-            limiter: Limiter { memory, memory_hit: false },
+            limiter: Limiter {
+                memory,
+                memory_hit: false,
+                peak: 0,
+            },
             plugin,
             request_id,
             route,
@@ -119,6 +123,8 @@ impl WasiView for PluginState {
 pub struct Limiter {
     memory: usize,
     pub memory_hit: bool,
+    /// The most linear memory asked for (and granted) so far.
+    pub peak: usize,
 }
 
 impl ResourceLimiter for Limiter {
@@ -127,6 +133,7 @@ impl ResourceLimiter for Limiter {
             self.memory_hit = true;
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 

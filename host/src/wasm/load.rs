@@ -201,6 +201,9 @@ fn load_bytes(
         None => (compile(rt, bytes, &sha256).map_err(fail)?, &rt.linker, &rt.epoch, rt.compiler()),
     };
     let compiled_in = started.elapsed();
+    rt.compiles
+        .get_or_create(&[("compiler", compiler)])
+        .observe(compiled_in.as_secs_f64());
     let pre = prepare(&component, linker).map_err(fail)?;
     handle
         .block_on(super::call::probe(rt, &pre, epoch, name))

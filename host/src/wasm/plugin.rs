@@ -4,14 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::time::SystemTime;
 
 use super::bindings::HandlerPre;
 use super::engine::Epoch;
 
-/// Per-plugin counters, shown on `/admin/plugins`.
-#[derive(Debug, Default)]
+/// Per-plugin-version counters, shown on `/admin/plugins` and `/metrics`.
+#[derive(Debug)]
 pub struct PluginStats {
     pub calls: AtomicU64,
     pub traps: AtomicU64,
@@ -19,6 +21,29 @@ pub struct PluginStats {
     pub memory_limit: AtomicU64,
     pub busy: AtomicU64,
     pub bad_results: AtomicU64,
+    /// Calls running now.
+    pub in_use: AtomicI64,
+    /// Wall-clock time of each call, instantiation included.
+    pub duration: Histogram,
+    /// The largest linear memory each call had, in bytes.
+    pub peak_memory: Histogram,
+}
+
+impl Default for PluginStats {
+    fn default() -> Self {
+        PluginStats {
+            calls: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            memory_limit: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            bad_results: AtomicU64::new(0),
+            in_use: AtomicI64::new(0),
+            duration: crate::metrics::latency_histogram(),
+            // 64 KiB (one wasm page) to 4 GiB, ×4.
+            peak_memory: Histogram::new(exponential_buckets(65_536.0, 4.0, 9)),
+        }
+    }
 }
 
 impl PluginStats {
