@@ -394,3 +394,70 @@ fn http2_prior_knowledge_is_served_with_the_same_contract() {
     assert_eq!(doc["headers"]["x-forwarded-host"], json!(["api.example.test"]));
     assert_eq!(doc["headers"]["host"], json!(["api.example.test"]));
 }
+
+#[test]
+fn trace_context_is_kept_replaced_when_malformed_or_started_and_logged() {
+    let demo = Demo::start();
+    let gw = Gateway::start(&demo, Setup::default());
+    let tok = token("42", None);
+    let auth = format!("Bearer {tok}");
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let logged_trace = |resp: &Response| -> String {
+        let id = resp.header("x-request-id").unwrap();
+        let line = gw
+            .log_for(id)
+            .into_iter()
+            .find(|l| l["status"].is_number())
+            .expect("an access line");
+        line["trace_id"].as_str().unwrap().to_string()
+    };
+    let trace_of = |tp: &str| tp.split('-').nth(1).unwrap().to_string();
+
+    // Kept: the service sees it unchanged, with its tracestate.
+    let resp = gw.get(
+        "/api/areas",
+        &[
+            ("Authorization", &auth),
+            ("traceparent", parent),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+    );
+    assert_eq!(resp.upstream_header("traceparent"), vec![parent.to_string()]);
+    assert_eq!(resp.upstream_header("tracestate"), vec!["congo=t61rcWkgMzE".to_string()]);
+    assert_eq!(logged_trace(&resp), "4bf92f3577b34da6a3ce929d0e0e4736");
+
+    // Absent: a new trace starts here, and the log names it.
+    let resp = gw.get("/api/areas", &[("Authorization", &auth)]);
+    let started = resp.upstream_header("traceparent");
+    assert_eq!(started.len(), 1);
+    let parts: Vec<&str> = started[0].split('-').collect();
+    assert_eq!(
+        (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+        ("00", 32, 16, "00"),
+        "{started:?}"
+    );
+    assert_eq!(logged_trace(&resp), parts[1]);
+
+    // Malformed (or repeated): replaced, never forwarded, and its tracestate dropped.
+    for bad in [
+        vec![("traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")],
+        vec![("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01")],
+        vec![("traceparent", "garbage")],
+        vec![("traceparent", parent), ("traceparent", parent)],
+    ] {
+        let mut headers = vec![("Authorization", auth.as_str()), ("tracestate", "congo=t61rcWkgMzE")];
+        headers.extend(bad.iter().copied());
+        let resp = gw.get("/api/areas", &headers);
+        let seen = resp.upstream_header("traceparent");
+        assert_eq!(seen.len(), 1, "{bad:?}: {seen:?}");
+        assert_ne!(trace_of(&seen[0]), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad:?}");
+        assert_ne!(seen[0].to_lowercase(), bad[0].1.to_lowercase(), "{bad:?}");
+        assert!(resp.upstream_header("tracestate").is_empty(), "{bad:?}");
+        assert_eq!(logged_trace(&resp), trace_of(&seen[0]), "{bad:?}");
+    }
+
+    // A refused request has a trace id in its line too.
+    let resp = gw.get("/api/areas", &[("traceparent", parent)]);
+    assert_eq!(resp.status, 401);
+    assert_eq!(logged_trace(&resp), "4bf92f3577b34da6a3ce929d0e0e4736");
+}

@@ -354,8 +354,16 @@ fn a_plugin_cannot_forge_identity_on_forward_or_send() {
     let demo = Demo::start();
     let gw = fault_gateway(&demo);
     let tok = token("42", Some("pro"));
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     for path in ["/fault/forge", "/fault/send-own"] {
-        let resp = gw.get_as(path, &tok);
+        let resp = gw.get(
+            path,
+            &[
+                ("Authorization", &format!("Bearer {tok}")),
+                ("traceparent", parent),
+                ("tracestate", "v=1"),
+            ],
+        );
         assert_eq!(resp.status, 200, "{path}: {}", resp.text());
         assert!(reached(&resp, "user-service"), "{path}: {}", resp.text());
         assert_eq!(resp.upstream_header("x-user-id"), vec!["42".to_string()], "{path}");
@@ -363,6 +371,10 @@ fn a_plugin_cannot_forge_identity_on_forward_or_send() {
         assert_eq!(resp.upstream_header("x-forwarded-for"), vec!["127.0.0.1".to_string()], "{path}");
         let id = resp.header("x-request-id").unwrap().to_string();
         assert_eq!(resp.upstream_header("x-request-id"), vec![id], "{path}");
+        // The trace context reaches the service as the client sent it, over
+        // the plugin's forged one.
+        assert_eq!(resp.upstream_header("traceparent"), vec![parent.to_string()], "{path}");
+        assert_eq!(resp.upstream_header("tracestate"), vec!["v=1".to_string()], "{path}");
     }
     // A service the route allows: reached, with the verified identity.
     let resp = gw.get_as("/fault/send-allowed", &tok);

@@ -50,6 +50,8 @@ pub struct RequestCtx {
     pub peer: Arc<Peer>,
     /// Checked to be visible ASCII, so `request_id()` never fails.
     pub request_id: HeaderValue,
+    /// The W3C trace id (32 lowercase hex digits), kept or started here.
+    pub trace_id: [u8; 32],
     pub method: Method,
     /// The path (no query): as received, then normalized by the route stage.
     pub path: String,
@@ -73,6 +75,7 @@ impl RequestCtx {
             started: Instant::now(),
             peer,
             request_id: HeaderValue::from_static(""),
+            trace_id: [b'0'; 32],
             method,
             path: raw_path.to_string(),
             host: None,
@@ -83,6 +86,11 @@ impl RequestCtx {
             reason: None,
             auth_reason: None,
         }
+    }
+
+    /// The trace id as text.
+    pub fn trace_id(&self) -> &str {
+        std::str::from_utf8(&self.trace_id).unwrap_or_default()
     }
 
     /// The request id as text.

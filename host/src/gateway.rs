@@ -99,9 +99,10 @@ impl Gateway {
 impl Gateway {
     /// Handles one request from a client connection. Never fails: every error
     /// becomes a response carrying the request id.
-    pub async fn handle(&self, req: Request<Incoming>, peer: Arc<Peer>) -> Response<GatewayBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: Arc<Peer>) -> Response<GatewayBody> {
         let mut ctx = RequestCtx::new(peer, req.method().clone(), req.uri().path());
         stage::request_id::assign(&mut ctx, req.headers());
+        stage::trace::assign(&mut ctx, req.headers_mut());
         let snapshot = self.snapshot();
         let mut resp = match self.run(&snapshot, &mut ctx, req).await {
             Ok(resp) => resp,

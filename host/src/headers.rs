@@ -6,6 +6,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::stage::trace::{TRACEPARENT, TRACESTATE};
+
 /// Verified user id (JWT `sub`), set only by the gateway.
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 /// Verified plan tier (JWT `tier`), set only by the gateway.
@@ -232,7 +234,8 @@ pub fn strip_request(headers: &mut HeaderMap, keep_forwarding: bool) {
 }
 
 /// The headers the gateway vouches for, as set on a request by the identity
-/// stage: verified identity, forwarding facts and the request id. A plugin's
+/// stage: verified identity, forwarding facts, the request id and the trace
+/// context. A plugin's
 /// request gets exactly these back, whatever it wrote.
 #[derive(Debug, Clone, Default)]
 pub struct Contract(Vec<(HeaderName, HeaderValue)>);
@@ -240,7 +243,9 @@ pub struct Contract(Vec<(HeaderName, HeaderValue)>);
 impl Contract {
     /// Captures the contract headers of a request the identity stage handled.
     pub fn capture(headers: &HeaderMap) -> Contract {
-        let vouched = |n: &HeaderName| *n == X_REQUEST_ID || matches!(classify(n), Class::Identity | Class::Forwarding);
+        let vouched = |n: &HeaderName| {
+            *n == X_REQUEST_ID || *n == TRACEPARENT || *n == TRACESTATE || matches!(classify(n), Class::Identity | Class::Forwarding)
+        };
         Contract(
             headers
                 .iter()
@@ -256,6 +261,8 @@ impl Contract {
     pub fn reapply(&self, headers: &mut HeaderMap) {
         strip_request(headers, false);
         headers.remove(X_REQUEST_ID);
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
         for (name, value) in &self.0 {
             headers.append(name.clone(), value.clone());
         }

@@ -20,6 +20,7 @@ pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>) {
     };
     access::write(&[
         ("request_id", Some(Value::Str(ctx.request_id()))),
+        ("trace_id", Some(Value::Plain(ctx.trace_id()))),
         ("method", Some(Value::Plain(ctx.method.as_str()))),
         ("path", Some(Value::Plain(&ctx.path))),
         ("route", route.map(|r| Value::Str(r.prefix.as_str()))),

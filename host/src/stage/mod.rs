@@ -8,5 +8,6 @@ pub mod log;
 pub mod request_id;
 pub mod response;
 pub mod route;
+pub mod trace;
 pub mod upstream;
 pub mod websocket;

@@ -30,16 +30,26 @@ pub fn assign(ctx: &mut RequestCtx, headers: &HeaderMap) {
 /// be unique, not secret, so it needs no lock and no CSPRNG (`uuid`'s
 /// `now_v7` took both, ~1k instructions a request).
 fn mint() -> HeaderValue {
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(std::hash::RandomState::new().hash_one(std::thread::current().id()));
-    }
     let ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let (a, b) = STATE.with(|s| (wyrand(s), wyrand(s)));
+    let (a, b) = RNG.with(|s| (wyrand(s), wyrand(s)));
     let high = (ms & 0xffff_ffff_ffff) << 16 | 0x7000 | (a & 0x0fff);
     let low = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
     let id = uuid::Uuid::from_u64_pair(high, low);
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).expect("a UUID is a valid header value")
+}
+
+/// Three 64-bit numbers from this thread's generator: a trace id's two
+/// halves and a span id (unique, not secret; see [`mint`]).
+pub fn random_pair() -> ((u64, u64), u64) {
+    RNG.with(|s| {
+        let (a, b, c) = (wyrand(s), wyrand(s), wyrand(s));
+        ((a, b), c)
+    })
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new(std::hash::RandomState::new().hash_one(std::thread::current().id()));
 }
 
 /// wyrand: one multiply per 64 bits, passes BigCrush.

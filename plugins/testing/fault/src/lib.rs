@@ -22,11 +22,13 @@ use gatehouse::plugin::{config, upstream};
 
 struct Fault;
 
-const FORGED: [(&str, &str); 4] = [
+const FORGED: [(&str, &str); 6] = [
     ("x-user-id", "admin"),
     ("x-user-tier", "enterprise"),
     ("x-forwarded-for", "6.6.6.6"),
     ("x-request-id", "forged-request-id"),
+    ("traceparent", "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-01"),
+    ("tracestate", "forged=1"),
 ];
 
 impl Guest for Fault {

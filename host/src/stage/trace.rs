@@ -1,0 +1,137 @@
+//! Stage: trace context (W3C Trace Context). A well-formed `traceparent`
+//! (and its `tracestate`) goes on to the service unchanged; an absent or
+//! malformed one is replaced by a new trace that starts here (a new trace id,
+//! this hop's span id as the parent, not sampled), and its `tracestate` is
+//! dropped (Trace Context §3.3.1: a `tracestate` without a valid parent means
+//! nothing). The trace id goes in the access line beside the request id.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::context::RequestCtx;
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// The longest `tracestate` passed on (the spec's 512 characters: vendors
+/// may drop a longer one).
+const MAX_TRACESTATE: usize = 512;
+
+pub fn assign(ctx: &mut RequestCtx, h: &mut HeaderMap) {
+    let mut parents = h.get_all(TRACEPARENT).iter();
+    let kept = match (parents.next(), parents.next()) {
+        (Some(v), None) => trace_id(v.as_bytes()),
+        _ => None,
+    };
+    match kept {
+        Some(id) => {
+            ctx.trace_id = id;
+            let state: usize = h.get_all(TRACESTATE).iter().map(|v| v.len() + 1).sum();
+            if state > MAX_TRACESTATE + 1 {
+                h.remove(TRACESTATE);
+            }
+        }
+        None => {
+            let (trace, span) = crate::stage::request_id::random_pair();
+            let mut id = [0u8; 32];
+            hex(trace.0, &mut id[..16]);
+            hex(trace.1, &mut id[16..]);
+            let mut parent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+            parent[3..35].copy_from_slice(&id);
+            hex(span, &mut parent[36..52]);
+            ctx.trace_id = id;
+            h.insert(TRACEPARENT, HeaderValue::from_bytes(&parent).expect("hex is a valid header value"));
+            h.remove(TRACESTATE);
+        }
+    }
+}
+
+/// Writes `v` as lowercase hex into `out` (16 bytes).
+fn hex(v: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+fn is_hex(s: &[u8]) -> bool {
+    s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// The trace id of a well-formed `traceparent` (version 00 exactly; a later
+/// version by its version-00 prefix, as the spec asks), else `None`.
+fn trace_id(v: &[u8]) -> Option<[u8; 32]> {
+    if v.len() < 55 || !is_hex(&v[..2]) || &v[..2] == b"ff" {
+        return None;
+    }
+    let exact = &v[..2] == b"00";
+    if (exact && v.len() != 55) || (!exact && v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let (trace, parent, flags) = (&v[3..35], &v[36..52], &v[53..55]);
+    if !is_hex(trace) || !is_hex(parent) || !is_hex(flags) {
+        return None;
+    }
+    if trace.iter().all(|&b| b == b'0') || parent.iter().all(|&b| b == b'0') {
+        return None;
+    }
+    trace.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_formed_parents_only() {
+        let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(
+            trace_id(good).as_ref().map(|t| &t[..]),
+            Some(&b"4bf92f3577b34da6a3ce929d0e0e4736"[..])
+        );
+        // A later version: its version-00 prefix, then more after a dash.
+        assert!(trace_id(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra").is_some());
+        for bad in [
+            &b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"[..],
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            b"",
+        ] {
+            assert!(trace_id(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_new_trace_starts_here_and_a_kept_one_goes_on() {
+        let peer = std::sync::Arc::new(crate::context::Peer::new("127.0.0.1:1".parse().unwrap(), false));
+        let mut ctx = RequestCtx::new(peer.clone(), http::Method::GET, "/");
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, "garbage".parse().unwrap());
+        h.insert(TRACESTATE, "vendor=1".parse().unwrap());
+        assign(&mut ctx, &mut h);
+        let parent = h[TRACEPARENT].to_str().unwrap().to_string();
+        assert_eq!(trace_id(parent.as_bytes()), Some(ctx.trace_id), "{parent}");
+        assert!(parent.ends_with("-00"));
+        assert!(!h.contains_key(TRACESTATE), "a tracestate without its parent is dropped");
+
+        let mut again = RequestCtx::new(peer, http::Method::GET, "/");
+        let mut h2 = HeaderMap::new();
+        assign(&mut again, &mut h2);
+        assert_ne!(again.trace_id, ctx.trace_id, "every new trace is new");
+
+        let mut kept = HeaderMap::new();
+        kept.insert(TRACEPARENT, parent.parse().unwrap());
+        kept.insert(TRACESTATE, "vendor=1".parse().unwrap());
+        assign(&mut again, &mut kept);
+        assert_eq!(kept[TRACEPARENT].to_str().unwrap(), parent);
+        assert_eq!(kept[TRACESTATE], "vendor=1");
+        assert_eq!(again.trace_id, ctx.trace_id);
+    }
+}
