@@ -317,3 +317,109 @@ fn the_exposition_describes_the_running_gateway() {
     assert_eq!(gw.get("/metrics", &[]).status, 404);
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// The dashboard in a real browser: the page loads with no external asset,
+/// fills itself from the admin endpoints, and shows what an operator looks
+/// for first: a failed plugin and why, and live traffic per route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_routes_plugins_reloads_and_live_rates_in_a_real_browser() {
+    let demo = Demo::start();
+    let garbage = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(garbage.path(), b"this is not a component").unwrap();
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: vec![
+                ("hello.wasm".into(), plugin("hello")),
+                ("garbage.wasm".into(), garbage.path().to_path_buf()),
+            ],
+            routes: vec![(
+                "broken.toml".into(),
+                "service = \"user-service\"\nupstream = \"http://127.0.0.1:{user-service}\"\n\n[[route]]\nprefix = \"/broken\"\nauth = \"public\"\nplugin = \"garbage\"\n"
+                    .into(),
+            )],
+            ..Setup::default()
+        },
+    );
+    let page = admin_get(gw.admin, "/");
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    let policy = page.header("content-security-policy").unwrap();
+    assert!(policy.contains("default-src 'none'"), "{policy}");
+    assert!(
+        !page.text().contains("http://") && !page.text().contains("https://"),
+        "no external assets"
+    );
+
+    // A reload for the page to list (the garbage file is refused again).
+    assert_eq!(admin_request(gw.admin, "POST", "/admin/reload").status, 200);
+
+    // Traffic on one route while the page watches.
+    let addr = gw.addr;
+    let good = token("alice", None);
+    let traffic = std::thread::spawn(move || {
+        let mut keep = KeepAlive::new(addr);
+        for _ in 0..300 {
+            let _ = keep.get("/api/areas", &[("Authorization", &format!("Bearer {good}"))]);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+
+    let browser = common::browser::Browser::launch();
+    browser.navigate(&format!("http://{}/?refresh=500", gw.admin)).await;
+    let loaded = browser
+        .wait_until(
+            "document.body.dataset.loaded === 'true' && document.querySelector('[data-plugin=\"garbage\"]') !== null",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(loaded.is_some(), "the dashboard never filled itself");
+    let rate = browser
+        .wait_until(
+            "(() => { const c = document.querySelector('[data-route=\"/api/areas\"] .rate'); return c && Number(c.textContent) > 0 ? c.textContent : null; })()",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(rate.is_some(), "no live request rate for /api/areas");
+    traffic.join().unwrap();
+
+    let dom = browser
+        .evaluate(
+            r#"(() => {
+                const text = (sel) => { const e = document.querySelector(sel); return e ? e.textContent : null; };
+                return {
+                    routes: document.querySelectorAll('#routes tbody tr').length,
+                    garbage_state: text('[data-plugin="garbage"] .state'),
+                    garbage_reason: text('[data-plugin="garbage"] .reason'),
+                    hello_state: text('[data-plugin="hello"] .state'),
+                    p99: text('[data-route="/api/areas"] .p99'),
+                    broken_plugin: text('[data-route="/broken"] td:nth-child(4)'),
+                    build: text('#build'),
+                    reloads: document.querySelectorAll('#reloads tbody tr').length,
+                };
+            })()"#,
+        )
+        .await;
+    let artifacts = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    browser.screenshot(&artifacts.join("dashboard.png")).await;
+
+    let plugins = admin_get(gw.admin, "/admin/plugins").json();
+    let refusal = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "garbage")
+        .and_then(|p| p["error"].as_str())
+        .unwrap()
+        .to_string();
+    let routes = admin_get(gw.admin, "/admin/routes").json();
+    assert_eq!(dom["routes"], routes.as_array().unwrap().len(), "{dom}");
+    assert_eq!(dom["garbage_state"], "failed", "{dom}");
+    assert_eq!(dom["garbage_reason"], refusal.as_str(), "{dom}");
+    assert_eq!(dom["hello_state"], "loaded", "{dom}");
+    assert_eq!(dom["broken_plugin"], "garbage", "{dom}");
+    assert!(dom["p99"].as_str().is_some_and(|p| p.starts_with('≤')), "{dom}");
+    assert!(dom["build"].as_str().is_some_and(|b| b.contains("wasmtime 48.")), "{dom}");
+    assert!(dom["reloads"].as_u64().unwrap() >= 1, "{dom}");
+}

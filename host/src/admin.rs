@@ -1,5 +1,5 @@
 //! The admin listener (loopback by default, never the public port):
-//! `/healthz`, `/readyz`, `/admin/routes`, `/admin/plugins`,
+//! the dashboard (`/`), `/healthz`, `/readyz`, `/admin/routes`, `/admin/plugins`,
 //! `POST /admin/reload`, `/admin/reloads`, `/admin/tunnels` and `/metrics`.
 
 use std::convert::Infallible;
@@ -269,6 +269,23 @@ fn scrape(gw: &Gateway, reloads: &Reloads, w: &mut Writer<'_, '_>) -> std::fmt::
     Ok(())
 }
 
+/// The dashboard: one self-contained page (no external assets; the policy
+/// says so to the browser) that reads the endpoints below and refreshes
+/// itself.
+fn dashboard() -> Response<GatewayBody> {
+    let mut resp = Response::new(full(Bytes::from_static(include_str!("dashboard.html").as_bytes())));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    resp
+}
+
 /// Open WebSocket tunnels: in all, per route prefix, and opened since start.
 fn tunnels(gw: &Gateway) -> Value {
     let routes: serde_json::Map<String, Value> = gw.tunnels.by_route().into_iter().map(|(r, n)| (r, json!(n))).collect();
@@ -304,6 +321,7 @@ async fn reload(reloads: &Reloads) -> Response<GatewayBody> {
 
 async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, registry: &Registry, req: &Request<B>) -> Response<GatewayBody> {
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => dashboard(),
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") if gw.is_draining() => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"})),
         (&Method::GET, "/readyz") => json_response(StatusCode::OK, &json!({"status": "ready"})),

@@ -62,6 +62,7 @@ impl Browser {
             "--disable-dev-shm-usage",
             "--no-first-run",
             "--no-default-browser-check",
+            "--window-size=1400,1100",
             "--remote-debugging-address=127.0.0.1",
             "--remote-debugging-port=0",
         ])
@@ -147,6 +148,28 @@ impl Browser {
             .await;
         assert!(result.get("exceptionDetails").is_none(), "the page threw: {result}");
         result["result"]["value"].clone()
+    }
+
+    /// Opens `url` in the page.
+    pub async fn navigate(&self, url: &str) {
+        self.call("Page.navigate", json!({"url": url})).await;
+    }
+
+    /// Evaluates `expression` every 100 ms until it is truthy (at most
+    /// `limit`), and returns its value; `None` if it never was.
+    pub async fn wait_until(&self, expression: &str, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let result = self
+                .call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true}))
+                .await;
+            let value = result["result"]["value"].clone();
+            if !(value.is_null() || value == false || value == "" || value == 0) {
+                return Some(value);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
     }
 
     /// Saves a PNG screenshot of the page to `path`.
