@@ -423,3 +423,70 @@ async fn the_dashboard_shows_routes_plugins_reloads_and_live_rates_in_a_real_bro
     assert!(dom["build"].as_str().is_some_and(|b| b.contains("wasmtime 48.")), "{dom}");
     assert!(dom["reloads"].as_u64().unwrap() >= 1, "{dom}");
 }
+
+/// Every metric the Grafana dashboard queries is one the gateway exposes.
+/// A labelled family appears with its first series, so the gateway first
+/// serves one of each kind of request.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_the_gateway_exposes() {
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/grafana/gatehouse.json")).unwrap()).expect("valid JSON");
+    assert_eq!(dashboard["uid"], "gatehouse");
+    let mut exprs: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        assert!(panel["gridPos"].is_object() && panel["title"].is_string(), "{panel}");
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("a PromQL expr").to_string());
+        }
+    }
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = var["definition"].as_str() {
+            exprs.push(q.to_string());
+        }
+    }
+    assert!(exprs.len() >= 15, "{exprs:?}");
+
+    let demo = Demo::start();
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: vec![("hello.wasm".into(), plugin("hello"))],
+            routes: vec![(
+                "down.toml".into(),
+                "service = \"down-service\"\nupstream = \"http://127.0.0.1:1\"\n\n[[route]]\nprefix = \"/down\"\nauth = \"public\"\n"
+                    .into(),
+            )],
+            ..Setup::default()
+        },
+    );
+    assert_eq!(gw.get_as("/api/areas", &token("alice", None)).status, 200);
+    assert_eq!(gw.get("/api/areas", &[]).status, 401);
+    assert_eq!(gw.get("/down", &[]).status, 502);
+    let text = admin_get(gw.admin, "/metrics").text();
+    let mut exposed = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        match kind {
+            "counter" => exposed.extend([format!("{name}_total")]),
+            "histogram" => exposed.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}"))),
+            _ => exposed.extend([name.to_string()]),
+        }
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        // Identifiers that name a metric: ours and the process's.
+        let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+        used.extend(
+            words
+                .filter(|w| w.starts_with("gatehouse_") || w.starts_with("process_"))
+                .map(String::from),
+        );
+    }
+    let missing: Vec<_> = used.difference(&exposed).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics /metrics does not have: {missing:?}"
+    );
+    assert!(used.len() >= 15, "{used:?}");
+}
