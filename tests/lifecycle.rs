@@ -25,6 +25,29 @@ fn check_accepts_the_shipped_configuration() {
     let (ok, stdout, stderr) = run(gatehouse_cmd().current_dir(&root).env("GATEHOUSE_JWT_SECRET", SECRET).arg("check"));
     assert!(ok, "{stderr}");
     assert!(stdout.contains("10 routes") && stdout.contains("3 plugins"), "{stdout}");
+    // The summary: every route in match order, every plugin with its
+    // version, the keys.
+    let table = |header: &str| -> Vec<String> {
+        stdout
+            .split("\n\n")
+            .find(|block| block.starts_with(header))
+            .unwrap_or_else(|| panic!("no {header} table in {stdout}"))
+            .lines()
+            .skip(1)
+            .map(String::from)
+            .collect()
+    };
+    let routes = table("ROUTE");
+    assert_eq!(routes.len(), 10, "{stdout}");
+    assert!(
+        routes[0].starts_with("/api/v1/knowledge/premium") && routes[0].contains("tier-gate"),
+        "{stdout}"
+    );
+    assert!(routes.iter().any(|r| r.starts_with("/ws ") && r.contains("yes")), "{stdout}");
+    let plugins = table("PLUGIN");
+    assert_eq!(plugins.len(), 3, "{stdout}");
+    assert!(plugins.iter().all(|p| p.contains("loaded") && p.contains("cranelift")), "{stdout}");
+    assert!(table("KID").iter().any(|k| k.contains("HS256")), "{stdout}");
     // The webhook secret is unset here: a warning naming it, not a failure.
     assert!(stderr.contains("POLAR_WEBHOOK_SECRET"), "{stderr}");
     // Without any key, routes that need one are refused, naming the file and line.
@@ -127,7 +150,25 @@ fn admin_listener_serves_health_and_routes_but_the_public_port_does_not() {
     let demo = Demo::start();
     let gw = Gateway::start(&demo, Setup::default());
     assert_eq!(admin_get(gw.admin, "/healthz").status, 200);
-    assert_eq!(admin_get(gw.admin, "/readyz").json()["status"], "ready");
+    // The shipped routes name three plugins this folder does not have: the
+    // gateway serves (200), and says which routes answer 503 and why.
+    let ready = admin_get(gw.admin, "/readyz");
+    assert_eq!(ready.status, 200);
+    let ready = ready.json();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    let mut degraded: Vec<&str> = ready["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["route"].as_str().unwrap())
+        .collect();
+    degraded.sort();
+    assert_eq!(
+        degraded,
+        ["/api/v1/hello", "/api/v1/knowledge/premium", "/webhooks/polar"],
+        "{ready}"
+    );
+    assert!(ready["degraded"][0]["error"].as_str().unwrap().contains("not found"), "{ready}");
     let routes = admin_get(gw.admin, "/admin/routes").json();
     let list = routes.as_array().unwrap();
     assert_eq!(list.len(), 10);
@@ -239,4 +280,27 @@ fn human_logs_to_a_pipe_carry_no_colour_codes() {
     assert!(text.contains("INFO"), "{text}");
     assert!(!text.contains('\u{1b}'), "colour codes in logs written to a pipe: {text:?}");
     drop(proc);
+}
+
+#[test]
+fn routes_prints_the_table_and_which_route_a_path_takes() {
+    let root = repo();
+    let (ok, stdout, stderr) = run(gatehouse_cmd().current_dir(&root).arg("routes"));
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("ROUTE"), "{stdout}");
+    assert_eq!(lines.len(), 11, "{stdout}");
+    let (ok, stdout, stderr) = run(gatehouse_cmd()
+        .current_dir(&root)
+        .args(["routes", "/api/v1/knowledge/premium/../premium/guide?x=1"]));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("/api/v1/knowledge/premium/guide → /api/v1/knowledge/premium"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tier-gate") && stdout.contains("knowledge.toml:"), "{stdout}");
+    let (ok, _, stderr) = run(gatehouse_cmd().current_dir(&root).args(["routes", "/nowhere"]));
+    assert!(!ok && stderr.contains("no route"), "{stderr}");
+    let (ok, _, stderr) = run(gatehouse_cmd().current_dir(&root).args(["routes", "/api/..%2f..%2fetc"]));
+    assert!(!ok && stderr.contains("400"), "{stderr}");
 }

@@ -286,6 +286,26 @@ fn dashboard() -> Response<GatewayBody> {
     resp
 }
 
+/// Ready: the gateway serves. Routes whose plugin is not loaded (they answer
+/// 503 while the others serve) are listed, and the status says `degraded`;
+/// it stays 200, since taking the whole gateway out of rotation would take
+/// the working routes down with the broken one.
+fn readiness(gw: &Gateway) -> Value {
+    let snapshot = gw.snapshot();
+    let degraded: Vec<Value> = snapshot
+        .router
+        .routes()
+        .iter()
+        .filter_map(|r| {
+            let plugin = r.plugin.as_ref()?;
+            let error = snapshot.plugins.get(&plugin.name).err()?;
+            Some(json!({"route": r.prefix, "plugin": plugin.name, "error": error}))
+        })
+        .collect();
+    let status = if degraded.is_empty() { "ready" } else { "degraded" };
+    json!({"status": status, "degraded": degraded})
+}
+
 /// Open WebSocket tunnels: in all, per route prefix, and opened since start.
 fn tunnels(gw: &Gateway) -> Value {
     let routes: serde_json::Map<String, Value> = gw.tunnels.by_route().into_iter().map(|(r, n)| (r, json!(n))).collect();
@@ -324,7 +344,7 @@ async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, registry: &Registry, re
         (&Method::GET, "/") => dashboard(),
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/readyz") if gw.is_draining() => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"})),
-        (&Method::GET, "/readyz") => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        (&Method::GET, "/readyz") => json_response(StatusCode::OK, &readiness(gw)),
         (&Method::GET, "/admin/routes") => json_response(StatusCode::OK, &routes(gw)),
         (&Method::GET, "/admin/plugins") => json_response(StatusCode::OK, &plugins(gw)),
         (&Method::GET, "/admin/reloads") => json_response(StatusCode::OK, &recent_reloads(reloads)),

@@ -44,5 +44,6 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod stage;
+pub mod summary;
 pub mod tunnel;
 pub mod wasm;

@@ -52,8 +52,15 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
-    /// Validate the configuration and route files, then exit
+    /// Validate everything `serve` would load (configuration, routes, keys,
+    /// JWKS, plugins), print a summary, then exit (non-zero on a problem)
     Check,
+    /// Print the route table, longest prefix first (the order a request is
+    /// matched in); with PATH, the route that PATH would take
+    Routes {
+        /// A request path, e.g. /api/v1/knowledge/premium/guide
+        path: Option<String>,
+    },
     /// Mint an HS256 token with the configured secret (for development)
     Token {
         /// The `sub` claim (becomes X-User-ID)
@@ -103,6 +110,7 @@ fn main() -> ExitCode {
             serve(cli.config, workers)
         }
         Command::Check => check(cli.config),
+        Command::Routes { path } => routes(cli.config, path),
         Command::Token { sub, tier, ttl } => token(cli.config, sub, tier, ttl),
     };
     match result {
@@ -206,6 +214,36 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
         config.server.routes_dir.display(),
         snapshot.plugins.files.len(),
         config.server.plugins_dir.display()
+    );
+    println!();
+    print!("{}", gatehouse::summary::routes(&snapshot.router));
+    println!();
+    print!("{}", gatehouse::summary::plugins(&snapshot.plugins));
+    println!();
+    print!("{}", gatehouse::summary::keys(&config.auth));
+    Ok(())
+}
+
+fn routes(config: Option<PathBuf>, path: Option<String>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    let routes = gatehouse::config::load_routes(&config.server.routes_dir, config.server.max_body)?;
+    let router = gatehouse::router::Router::new(routes);
+    let Some(path) = path else {
+        print!("{}", gatehouse::summary::routes(&router));
+        return Ok(());
+    };
+    // Routing reads the path alone, as a request's would be.
+    let only_path = path.split(['?', '#']).next().unwrap_or_default();
+    let normalized = gatehouse::path::normalize(only_path).map_err(|e| anyhow!("{path}: refused with 400: {e}"))?;
+    let route = router.find(&normalized).ok_or_else(|| anyhow!("{normalized}: no route (404)"))?;
+    println!(
+        "{normalized} → {} ({}://{}), auth {}, plugin {}, defined in {}",
+        route.prefix,
+        route.upstream.scheme,
+        route.upstream.authority,
+        format!("{:?}", route.auth).to_lowercase(),
+        route.plugin.as_ref().map_or("none", |p| p.name.as_str()),
+        route.source()
     );
     Ok(())
 }
