@@ -124,8 +124,25 @@ fn format_line(out: &mut String, format: Format, now: SystemTime, fields: &[(&st
 /// RFC 3339 in UTC with microseconds, as tracing-subscriber prints it:
 /// `2026-12-02T04:05:01.123456Z`.
 fn timestamp(out: &mut String, now: SystemTime) {
+    // Up to the second, the text changes once a second: kept per thread.
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
+    SECOND.with_borrow_mut(|(at, text)| {
+        if *at != since.as_secs() {
+            *at = since.as_secs();
+            text.clear();
+            date_time(text, since.as_secs());
+        }
+        out.push_str(text);
+    });
+    push_digits(out, u64::from(since.subsec_micros()), 6);
+    out.push('Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` since the epoch.
+fn date_time(out: &mut String, secs: u64) {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
     push_digits(out, year.max(0) as u64, 4);
@@ -140,25 +157,18 @@ fn timestamp(out: &mut String, now: SystemTime) {
     out.push(':');
     push_digits(out, rem % 60, 2);
     out.push('.');
-    push_digits(out, u64::from(since.subsec_micros()), 6);
-    out.push('Z');
 }
 
-/// Appends `n` in decimal, zero-padded to at least `width` digits (without
-/// the formatting machinery: this runs several times per request).
-fn push_digits(out: &mut String, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// Appends `n` in decimal, zero-padded to at least `width` digits (`itoa`:
+/// two digits per step, no formatting machinery; this runs several times
+/// per request).
+fn push_digits(out: &mut String, n: u64, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n);
+    for _ in digits.len()..width {
+        out.push('0');
     }
-    let start = start.min(digits.len() - width.min(digits.len()));
-    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
+    out.push_str(digits);
 }
 
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian

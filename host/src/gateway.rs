@@ -112,8 +112,9 @@ impl Gateway {
             }
         };
         stage::request_id::echo(&ctx, &mut resp);
-        stage::log::record(&ctx, &resp);
-        self.metrics.record(&ctx, resp.status().as_u16(), ctx.started.elapsed());
+        let elapsed = ctx.started.elapsed();
+        stage::log::record(&ctx, &resp, elapsed);
+        self.metrics.record(&ctx, resp.status().as_u16(), elapsed);
         resp
     }
 

@@ -50,6 +50,7 @@ mod tests {
             plugin: None,
             file: "t.toml".into(),
             line: 1,
+            metrics: Default::default(),
         }
     }
 

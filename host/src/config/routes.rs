@@ -98,6 +98,9 @@ pub struct Route {
     /// Where the route is defined, for messages and `/admin/routes`.
     pub file: PathBuf,
     pub line: usize,
+    /// This route's metric handles, resolved on first use (a request then
+    /// counts without looking its series up).
+    pub metrics: crate::metrics::RouteMetrics,
 }
 
 /// A route's plugin: its name (the file stem in `plugins/`), settings and
@@ -193,6 +196,7 @@ fn load_file(file: &Path, default_max_body: u64) -> Result<Vec<Route>, ConfigErr
                 plugin,
                 file: file.to_path_buf(),
                 line: at.unwrap_or(0),
+                metrics: Default::default(),
             })
         })
         .collect()

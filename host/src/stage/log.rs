@@ -6,13 +6,13 @@ use http::Response;
 use crate::access::{self, Value};
 use crate::context::RequestCtx;
 
-pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>) {
+pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>, elapsed: std::time::Duration) {
     if !tracing::enabled!(target: access::TARGET, tracing::Level::INFO) {
         return;
     }
     let route = ctx.route.as_ref();
     let status = resp.status().as_u16();
-    let latency_us = ctx.started.elapsed().as_micros() as u64;
+    let latency_us = elapsed.as_micros() as u64;
     let user = ctx.identity.as_ref().map(|i| i.sub.as_str());
     let (source, detail) = match &ctx.error {
         Some((s, d)) => (Some(s.as_str()), Some(d.as_str())),

@@ -45,11 +45,13 @@ pub fn assign(ctx: &mut RequestCtx, h: &mut HeaderMap) {
     }
 }
 
-/// Writes `v` as lowercase hex into `out` (16 bytes).
+/// Writes `v` as lowercase hex into `out` (16 bytes), a byte (two digits)
+/// at a time.
 fn hex(v: u64, out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    for (i, byte) in v.to_be_bytes().into_iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(byte >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 

@@ -19,7 +19,7 @@ use crate::client::{HeadError, UpstreamClient, UpstreamError};
 use crate::config::Route;
 use crate::context::RequestCtx;
 use crate::error::{GatewayError, causes, chain};
-use crate::metrics::{Metrics, Name, ServiceLabels, UpstreamErrorLabels};
+use crate::metrics::{Metrics, Name, UpstreamErrorLabels};
 
 pub async fn forward<B>(
     ctx: &RequestCtx,
@@ -70,12 +70,7 @@ where
         }
         Ok(Ok(resp)) => resp,
     };
-    metrics
-        .upstream_seconds
-        .get_or_create(&ServiceLabels {
-            service: Name(route.service.clone()),
-        })
-        .observe(started.elapsed().as_secs_f64());
+    metrics.upstream_answered(&route, started.elapsed());
     // The client dropped what the response stage drops as it parsed the head.
     Ok(resp.map(|body| IdleBody::new(body, up.idle_timeout).boxed_unsync()))
 }

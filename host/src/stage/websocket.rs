@@ -89,7 +89,8 @@ fn has_element(h: &HeaderMap, name: &header::HeaderName, wanted: &str) -> bool {
 /// else a checked handshake, the token removed from the offer and query, or
 /// the 4xx/503 that explains what is wrong.
 pub fn accept<B>(ctx: &RequestCtx, req: &mut Request<B>, draining: bool) -> Result<Option<Handshake>, GatewayError> {
-    if !has_element(req.headers(), &header::UPGRADE, "websocket") {
+    // Nearly every request has no `Upgrade`: one lookup says so.
+    if !req.headers().contains_key(header::UPGRADE) || !has_element(req.headers(), &header::UPGRADE, "websocket") {
         return Ok(None);
     }
     if !ctx.route()?.websocket {
@@ -303,6 +304,7 @@ mod tests {
             plugin: None,
             file: "t.toml".into(),
             line: 1,
+            metrics: Default::default(),
         }));
         ctx
     }
