@@ -33,25 +33,9 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthMode, Upstream};
 
     fn route(prefix: &str, service: &str) -> Route {
-        Route {
-            service: service.into(),
-            prefix: prefix.into(),
-            auth: AuthMode::Required,
-            upstream: Arc::new(Upstream {
-                scheme: http::uri::Scheme::HTTP,
-                authority: "127.0.0.1:1".parse().unwrap(),
-            }),
-            max_body: 1,
-            forward_token: false,
-            websocket: false,
-            plugin: None,
-            file: "t.toml".into(),
-            line: 1,
-            metrics: Default::default(),
-        }
+        Route::for_test(prefix, service, false)
     }
 
     #[test]

@@ -125,6 +125,27 @@ pub struct RoutePlugin {
 
 impl Route {
     /// `file:line` of the definition.
+    /// A route to an unreachable upstream, for unit tests.
+    #[cfg(test)]
+    pub fn for_test(prefix: &str, service: &str, websocket: bool) -> Route {
+        Route {
+            service: service.into(),
+            prefix: prefix.into(),
+            auth: AuthMode::Required,
+            upstream: Arc::new(Upstream {
+                scheme: http::uri::Scheme::HTTP,
+                authority: "127.0.0.1:1".parse().expect("an authority"),
+            }),
+            max_body: 1,
+            forward_token: false,
+            websocket,
+            plugin: None,
+            file: "t.toml".into(),
+            line: 1,
+            metrics: Default::default(),
+        }
+    }
+
     pub fn source(&self) -> String {
         format!("{}:{}", self.file.display(), self.line)
     }

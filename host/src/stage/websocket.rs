@@ -283,29 +283,14 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::{AuthMode, Route, Upstream};
+    use crate::config::Route;
     use crate::context::Peer;
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
     fn ctx(websocket: bool) -> RequestCtx {
         let mut ctx = RequestCtx::new(Arc::new(Peer::new("127.0.0.1:1".parse().unwrap(), false)), Method::GET, "/ws");
-        ctx.route = Some(Arc::new(Route {
-            service: "realtime".into(),
-            prefix: "/ws".into(),
-            auth: AuthMode::Required,
-            upstream: Arc::new(Upstream {
-                scheme: http::uri::Scheme::HTTP,
-                authority: "127.0.0.1:1".parse().unwrap(),
-            }),
-            max_body: 1,
-            forward_token: false,
-            websocket,
-            plugin: None,
-            file: "t.toml".into(),
-            line: 1,
-            metrics: Default::default(),
-        }));
+        ctx.route = Some(Arc::new(Route::for_test("/ws", "realtime", websocket)));
         ctx
     }
 
