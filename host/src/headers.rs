@@ -6,8 +6,6 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::stage::trace::{TRACEPARENT, TRACESTATE};
-
 /// Verified user id (JWT `sub`), set only by the gateway.
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 /// Verified plan tier (JWT `tier`), set only by the gateway.
@@ -20,6 +18,10 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// Client address chain.
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// W3C Trace Context: the caller's trace and span (`stage::trace`).
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// W3C Trace Context: vendor state, kept only with a valid `traceparent`.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// RFC 7239 forwarding header; only kept from trusted proxies.
 pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// Common single-address variant; only kept from trusted proxies.

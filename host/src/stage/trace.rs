@@ -5,12 +5,10 @@
 //! dropped (Trace Context §3.3.1: a `tracestate` without a valid parent means
 //! nothing). The trace id goes in the access line beside the request id.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 use crate::context::RequestCtx;
-
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+use crate::headers::{TRACEPARENT, TRACESTATE};
 
 /// The longest `tracestate` passed on (the spec's 512 characters: vendors
 /// may drop a longer one).
