@@ -189,28 +189,19 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// A JSON string literal.
 fn json_string(out: &mut String, s: &str) {
     out.push('"');
-    // Runs that need no escaping (nearly every field, whole) go in at once;
-    // every byte that does is ASCII, so the slices fall on char boundaries.
-    let mut clean = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escaped = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[clean..i]);
-        if escaped.is_empty() {
-            let _ = write!(out, "\\u{:04x}", b);
-        } else {
-            out.push_str(escaped);
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
         }
-        clean = i + 1;
     }
-    out.push_str(&s[clean..]);
     out.push('"');
 }
 
