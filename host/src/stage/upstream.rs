@@ -54,25 +54,33 @@ where
     let sent = std::pin::pin!(up.request(&route.upstream, Request::from_parts(parts, body)));
     let started = Instant::now();
     let resp = match tokio::time::timeout(up.first_byte_timeout, sent).await {
-        Err(_) => {
-            count_error(metrics, &route, "timeout");
-            return Err(GatewayError::UpstreamTimeout(format!(
-                "no response from {} within {:?}",
-                route.upstream.authority, up.first_byte_timeout
-            )));
-        }
+        Err(_) => return Err(no_answer(metrics, &route, up)),
         Ok(Err(e)) if exceeded.is_some_and(|f| f.load(Ordering::Relaxed)) || caused_by::<BodyTooLarge>(&e) => {
             return Err(GatewayError::PayloadTooLarge);
         }
-        Ok(Err(e)) => {
-            count_error(metrics, &route, kind(&e));
-            return Err(classify(&e, route.upstream.authority.as_str()));
-        }
+        Ok(Err(e)) => return Err(failed(metrics, &route, &e)),
         Ok(Ok(resp)) => resp,
     };
     metrics.upstream_answered(&route, started.elapsed());
     // The client dropped what the response stage drops as it parsed the head.
     Ok(resp.map(|body| IdleBody::new(body, up.idle_timeout).boxed_unsync()))
+}
+
+/// Counts a request to `route`'s service that got no response head within
+/// the first-byte timeout, and says so.
+pub(crate) fn no_answer(metrics: &Metrics, route: &Route, up: &UpstreamClient) -> GatewayError {
+    count_error(metrics, route, "timeout");
+    GatewayError::UpstreamTimeout(format!(
+        "no response from {} within {:?}",
+        route.upstream.authority, up.first_byte_timeout
+    ))
+}
+
+/// Counts a request to `route`'s service that failed, by kind, and turns
+/// the failure into the client's 502 or 504.
+pub(crate) fn failed(metrics: &Metrics, route: &Route, err: &UpstreamError) -> GatewayError {
+    count_error(metrics, route, kind(err));
+    classify(err, route.upstream.authority.as_str())
 }
 
 /// Counts a request to `route`'s service that got no response.
@@ -86,15 +94,19 @@ pub(crate) fn count_error(metrics: &Metrics, route: &Route, kind: &'static str) 
         .inc();
 }
 
+/// True when an I/O timeout is among `err`'s causes (a connect timeout).
+fn timed_out(err: &UpstreamError) -> bool {
+    chain(err)
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::TimedOut)
+}
+
 /// Why a service gave no response, from a closed set: `refused` (no
 /// connection), `reset` (the connection broke or closed), `timeout`,
 /// `too_large` (a response head over the limit), `invalid_response`.
-pub(crate) fn kind(err: &UpstreamError) -> &'static str {
-    let timed_out = chain(err)
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
+fn kind(err: &UpstreamError) -> &'static str {
     match err {
-        _ if timed_out => "timeout",
+        _ if timed_out(err) => "timeout",
         UpstreamError::Connect(_) => "refused",
         UpstreamError::BadResponse(HeadError::TooLarge(_)) => "too_large",
         UpstreamError::BadResponse(_) => "invalid_response",
@@ -106,13 +118,10 @@ fn caused_by<E: Error + 'static>(err: &(dyn Error + 'static)) -> bool {
     chain(err).any(|e| e.is::<E>())
 }
 
-pub(crate) fn classify(err: &UpstreamError, upstream: &str) -> GatewayError {
-    let timed_out = chain(err)
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|io| io.kind() == std::io::ErrorKind::TimedOut);
+fn classify(err: &UpstreamError, upstream: &str) -> GatewayError {
     let bad_response = err.is_bad_response() || matches!(err, UpstreamError::Truncated);
     let detail = format!("{upstream}: {}", causes(err));
-    if timed_out {
+    if timed_out(err) {
         GatewayError::UpstreamTimeout(detail)
     } else if bad_response {
         GatewayError::UpstreamBadResponse(detail)

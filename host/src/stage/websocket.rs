@@ -215,17 +215,8 @@ pub async fn open<B: http_body::Body>(
     crate::outbound::to_service(&mut parts, ctx.host.as_ref(), &route.upstream);
     let sent = std::pin::pin!(up.request(&route.upstream, Request::from_parts(parts, crate::body::empty())));
     let resp = match tokio::time::timeout(up.first_byte_timeout, sent).await {
-        Err(_) => {
-            super::upstream::count_error(metrics, &route, "timeout");
-            return Err(GatewayError::UpstreamTimeout(format!(
-                "no response from {} within {:?}",
-                route.upstream.authority, up.first_byte_timeout
-            )));
-        }
-        Ok(Err(e)) => {
-            super::upstream::count_error(metrics, &route, super::upstream::kind(&e));
-            return Err(super::upstream::classify(&e, route.upstream.authority.as_str()));
-        }
+        Err(_) => return Err(super::upstream::no_answer(metrics, &route, up)),
+        Ok(Err(e)) => return Err(super::upstream::failed(metrics, &route, &e)),
         Ok(Ok(resp)) => resp,
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
