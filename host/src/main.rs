@@ -83,22 +83,21 @@ fn init_logs(format: LogFormat) -> gatehouse::logsink::FlushGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| "info".into());
     // Colours only for a terminal: a file or a log collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // Access lines are formatted by `gatehouse::access` into the same writer.
-    gatehouse::access::install(
-        writer.clone(),
-        match format {
-            LogFormat::Human => gatehouse::access::Format::Human { ansi },
-            LogFormat::Json => gatehouse::access::Format::Json,
-        },
-    );
+    let access = match format {
+        LogFormat::Human => gatehouse::access::Format::Human { ansi },
+        LogFormat::Json => gatehouse::access::Format::Json,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(writer.clone())
         .with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    // Access lines are formatted by `gatehouse::access` into the same writer
+    // (installed once the filter that decides whether they are wanted is).
+    gatehouse::access::install(writer, access);
     guard
 }
 

@@ -101,6 +101,8 @@ pub struct Route {
     /// This route's metric handles, resolved on first use (a request then
     /// counts without looking its series up).
     pub metrics: crate::metrics::RouteMetrics,
+    /// This route's fields of the access line, rendered on first use.
+    pub log: crate::access::Cached,
 }
 
 /// A route's plugin: its name (the file stem in `plugins/`), settings and
@@ -143,6 +145,7 @@ impl Route {
             file: "t.toml".into(),
             line: 1,
             metrics: Default::default(),
+            log: Default::default(),
         }
     }
 
@@ -218,6 +221,7 @@ fn load_file(file: &Path, default_max_body: u64) -> Result<Vec<Route>, ConfigErr
                 file: file.to_path_buf(),
                 line: at.unwrap_or(0),
                 metrics: Default::default(),
+                log: Default::default(),
             })
         })
         .collect()
