@@ -5,6 +5,7 @@
 //! dropped (Trace Context §3.3.1: a `tracestate` without a valid parent means
 //! nothing). The trace id goes in the access line beside the request id.
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderValue};
 
 use crate::context::RequestCtx;
@@ -15,32 +16,37 @@ use crate::headers::{TRACEPARENT, TRACESTATE};
 const MAX_TRACESTATE: usize = 512;
 
 pub fn assign(ctx: &mut RequestCtx, h: &mut HeaderMap) {
-    let mut parents = h.get_all(TRACEPARENT).iter();
-    let kept = match (parents.next(), parents.next()) {
-        (Some(v), None) => trace_id(v.as_bytes()),
-        _ => None,
-    };
-    match kept {
-        Some(id) => {
-            ctx.trace_id = id;
-            let state: usize = h.get_all(TRACESTATE).iter().map(|v| v.len() + 1).sum();
-            if state > MAX_TRACESTATE + 1 {
-                h.remove(TRACESTATE);
+    // One lookup for the header, whether it is kept, replaced or added.
+    let entry = match h.entry(TRACEPARENT) {
+        Entry::Occupied(entry) => {
+            let mut parents = entry.iter();
+            if let (Some(v), None) = (parents.next(), parents.next())
+                && let Some(id) = trace_id(v.as_bytes())
+            {
+                ctx.trace_id = id;
+                let state: usize = h.get_all(TRACESTATE).iter().map(|v| v.len() + 1).sum();
+                if state > MAX_TRACESTATE + 1 {
+                    h.remove(TRACESTATE);
+                }
+                return;
             }
+            Entry::Occupied(entry)
         }
-        None => {
-            let (trace, span) = crate::stage::request_id::random_pair();
-            let mut id = [0u8; 32];
-            hex(trace.0, &mut id[..16]);
-            hex(trace.1, &mut id[16..]);
-            let mut parent = *b"00-00000000000000000000000000000000-0000000000000000-00";
-            parent[3..35].copy_from_slice(&id);
-            hex(span, &mut parent[36..52]);
-            ctx.trace_id = id;
-            h.insert(TRACEPARENT, HeaderValue::from_bytes(&parent).expect("hex is a valid header value"));
-            h.remove(TRACESTATE);
-        }
+        vacant => vacant,
+    };
+    let (trace, span) = crate::stage::request_id::random_pair();
+    let mut parent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(trace.0, &mut parent[3..19]);
+    hex(trace.1, &mut parent[19..35]);
+    hex(span, &mut parent[36..52]);
+    ctx.trace_id.copy_from_slice(&parent[3..35]);
+    let value = HeaderValue::from_bytes(&parent).expect("hex is a valid header value");
+    match entry {
+        // Every malformed or repeated value goes; the new one takes their place.
+        Entry::Occupied(mut e) => drop(e.insert(value)),
+        Entry::Vacant(e) => drop(e.insert(value)),
     }
+    h.remove(TRACESTATE);
 }
 
 /// Writes `v` as lowercase hex into `out` (16 bytes), a byte (two digits)
@@ -133,5 +139,14 @@ mod tests {
         assert_eq!(kept[TRACEPARENT].to_str().unwrap(), parent);
         assert_eq!(kept[TRACESTATE], "vendor=1");
         assert_eq!(again.trace_id, ctx.trace_id);
+
+        // Two parents, even well-formed ones, are one too many: both go.
+        let mut two = HeaderMap::new();
+        two.append(TRACEPARENT, parent.parse().unwrap());
+        two.append(TRACEPARENT, parent.parse().unwrap());
+        assign(&mut again, &mut two);
+        assert_eq!(two.get_all(TRACEPARENT).iter().count(), 1);
+        assert_ne!(two[TRACEPARENT].to_str().unwrap(), parent);
+        assert_eq!(trace_id(two[TRACEPARENT].as_bytes()), Some(again.trace_id));
     }
 }
