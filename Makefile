@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test audit fuzz build plugins lint bench bench-instructions bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
+.PHONY: run test audit fuzz build plugins lint bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -41,6 +41,11 @@ bench:
 # exact on a noisy host).
 bench-instructions:
 	./bench/instructions.sh
+
+# What metrics, trace context and the access log cost (and nginx's access
+# log, for reference); BASE=<a build without them> to include that build.
+bench-observability:
+	./bench/observability.sh
 
 # The hello plugin route vs a native route vs `wasmtime serve` (see README).
 bench-plugins:

@@ -9,6 +9,7 @@ need() { # command debian-package
 }
 
 ports_free() { # port...
+  local port
   for port in "$@"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "port $port is already in use: stop whatever listens there first" >&2; exit 1
