@@ -182,6 +182,61 @@ fn admin_listener_serves_health_and_routes_but_the_public_port_does_not() {
 }
 
 #[test]
+fn admin_actions_need_the_admin_token_when_one_is_set() {
+    const ADMIN: &str = "a-test-admin-token-of-forty-characters!!";
+    let demo = Demo::start();
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            env: vec![("GATEHOUSE_ADMIN_TOKEN".into(), ADMIN.into())],
+            ..Setup::default()
+        },
+    );
+    let reload = |authorization: Option<String>| {
+        let header = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        raw(
+            gw.admin,
+            format!("POST /admin/reload HTTP/1.1\r\nHost: admin\r\n{header}Content-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    // Even from loopback: once a token is set, every action needs it.
+    for bad in [None, Some("Bearer not-the-token".to_string()), Some(format!("Basic {ADMIN}"))] {
+        let resp = reload(bad.clone());
+        assert_eq!(resp.status, 401, "{bad:?}");
+        assert!(resp.header("www-authenticate").unwrap().starts_with("Bearer"));
+        assert!(resp.json()["error"].as_str().unwrap().contains("GATEHOUSE_ADMIN_TOKEN"));
+    }
+    assert_eq!(
+        admin_get(gw.admin, "/admin/reloads").json().as_array().unwrap().len(),
+        0,
+        "nothing ran"
+    );
+    assert_eq!(reload(Some(format!("Bearer {ADMIN}"))).status, 200);
+    assert_eq!(admin_get(gw.admin, "/admin/reloads").json().as_array().unwrap().len(), 1);
+    // Reading needs nothing: probes and Prometheus carry no token.
+    for path in ["/healthz", "/readyz", "/metrics", "/admin/routes", "/"] {
+        assert_eq!(admin_get(gw.admin, path).status, 200, "{path}");
+    }
+    let refused = wait_for(Duration::from_secs(5), || {
+        gw.proc.logs().into_iter().find(|l| l.contains("admin action refused"))
+    })
+    .expect("a refused action is logged");
+    assert!(refused.contains("\"peer\":\"127.0.0.1:"), "{refused}");
+    assert!(!refused.contains(ADMIN));
+
+    // A token too short to be one is refused at start, naming the variable.
+    let (dir, config) = write_config(&demo, &Setup::default());
+    let (ok, _, stderr) = run(gatehouse_cmd()
+        .env("GATEHOUSE_ADMIN_TOKEN", "short")
+        .arg("--config")
+        .arg(&config)
+        .arg("check"));
+    assert!(!ok);
+    assert!(stderr.contains("GATEHOUSE_ADMIN_TOKEN must be at least 32"), "{stderr}");
+    drop(dir);
+}
+
+#[test]
 fn every_request_is_logged_once_with_its_fields() {
     let demo = Demo::start();
     let gw = Gateway::start(&demo, Setup::default());

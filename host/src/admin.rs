@@ -1,6 +1,13 @@
 //! The admin listener (loopback by default, never the public port):
 //! the dashboard (`/`), `/healthz`, `/readyz`, `/admin/routes`, `/admin/plugins`,
 //! `POST /admin/reload`, `/admin/reloads`, `/admin/tunnels` and `/metrics`.
+//!
+//! Reading is open to whoever reaches the listener (a probe, Prometheus).
+//! Acting (any other method: today `POST /admin/reload`) needs
+//! `Authorization: Bearer $GATEHOUSE_ADMIN_TOKEN` when that token is set;
+//! without one, only a listener on loopback acts (every peer of it is on the
+//! same host, or in the same pod), and a listener on any other address
+//! refuses every action.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -21,6 +28,7 @@ use prometheus_client::registry::Registry;
 
 use crate::body::{GatewayBody, full};
 use crate::client::PoolStats;
+use crate::config::AdminToken;
 use crate::gateway::Gateway;
 use crate::metrics::{self, Scraped, Writer};
 use crate::reload::{Outcome, Reloads, Trigger};
@@ -365,19 +373,128 @@ async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, registry: &Registry, re
 
 /// Serves admin requests until the task is aborted: what serves from the
 /// gateway, reloads through their queue and records.
+/// Who may act through the admin listener.
+struct Actions {
+    token: Option<AdminToken>,
+    /// The listener is on a loopback address.
+    loopback: bool,
+}
+
+impl Actions {
+    /// The refusal of `req`, if it acts and may not.
+    fn refusal<B>(&self, req: &Request<B>, peer: std::net::SocketAddr) -> Option<Response<GatewayBody>> {
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            return None;
+        }
+        let (status, error) = match &self.token {
+            Some(token) if bearer(req).is_some_and(|t| token.matches(t)) => return None,
+            Some(_) => (
+                StatusCode::UNAUTHORIZED,
+                "admin actions need Authorization: Bearer <GATEHOUSE_ADMIN_TOKEN>",
+            ),
+            None if self.loopback => return None,
+            None => (
+                StatusCode::FORBIDDEN,
+                "admin actions are off: this admin listener is not on loopback and GATEHOUSE_ADMIN_TOKEN is not set",
+            ),
+        };
+        tracing::warn!(%peer, method = %req.method(), path = req.uri().path(), "admin action refused: {error}");
+        let mut resp = json_response(status, &json!({ "error": error }));
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
+            );
+        }
+        Some(resp)
+    }
+}
+
+/// The token of an `Authorization: Bearer` header (the scheme in any case).
+fn bearer<B>(req: &Request<B>) -> Option<&[u8]> {
+    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = value.split_at(space);
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| token.trim_ascii())
+}
+
 pub async fn serve(gw: Arc<Gateway>, reloads: Arc<Reloads>, listener: TcpListener) {
     let registry = Arc::new(registry(&gw, &reloads));
+    let actions = Arc::new(Actions {
+        token: gw.config.server.admin_token.clone(),
+        loopback: listener.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+    });
+    if actions.token.is_none() && !actions.loopback {
+        tracing::warn!(
+            "the admin listener is not on loopback and GATEHOUSE_ADMIN_TOKEN is not set: \
+             it serves health, readiness, metrics and the dashboard, and refuses every action (POST /admin/reload)"
+        );
+    }
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let (gw, reloads, registry) = (gw.clone(), reloads.clone(), registry.clone());
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (gw, reloads, registry, actions) = (gw.clone(), reloads.clone(), registry.clone(), actions.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let (gw, reloads, registry) = (gw.clone(), reloads.clone(), registry.clone());
-                async move { Ok::<_, Infallible>(route_admin(&gw, &reloads, &registry, &req).await) }
+                let (gw, reloads, registry, actions) = (gw.clone(), reloads.clone(), registry.clone(), actions.clone());
+                async move {
+                    if let Some(refusal) = actions.refusal(&req, peer) {
+                        return Ok::<_, Infallible>(refusal);
+                    }
+                    Ok(route_admin(&gw, &reloads, &registry, &req).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: Method, authorization: Option<&str>) -> Request<()> {
+        let mut req = Request::builder().method(method).uri("/admin/reload");
+        if let Some(value) = authorization {
+            req = req.header(header::AUTHORIZATION, value);
+        }
+        req.body(()).unwrap()
+    }
+
+    const TOKEN: &str = "admin-token-admin-token-admin-token-0123";
+
+    #[test]
+    fn a_listener_off_loopback_acts_only_with_the_token() {
+        let peer = "10.1.2.3:40000".parse().unwrap();
+        let open = Actions {
+            token: None,
+            loopback: false,
+        };
+        let refused = open.refusal(&request(Method::POST, None), peer).expect("refused");
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(open.refusal(&request(Method::GET, None), peer).is_none(), "reading stays open");
+        assert!(open.refusal(&request(Method::HEAD, None), peer).is_none());
+
+        let local = Actions {
+            token: None,
+            loopback: true,
+        };
+        assert!(local.refusal(&request(Method::POST, None), peer).is_none());
+
+        for loopback in [false, true] {
+            let guarded = Actions {
+                token: Some(AdminToken::for_test(TOKEN)),
+                loopback,
+            };
+            for bad in [None, Some("Bearer wrong"), Some(&format!("Basic {TOKEN}")), Some("Bearer")] {
+                let resp = guarded.refusal(&request(Method::POST, bad), peer).expect("refused");
+                assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{bad:?}");
+                assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
+            }
+            let good = format!("bearer  {TOKEN}");
+            assert!(guarded.refusal(&request(Method::POST, Some(&good)), peer).is_none());
+            assert!(guarded.refusal(&request(Method::GET, None), peer).is_none());
+        }
     }
 }

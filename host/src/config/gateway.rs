@@ -15,6 +15,11 @@ use super::{Bytes, ConfigError, Dur, line_of, parse, read};
 
 /// Environment variable that overrides `auth.hs256_secret`.
 pub const SECRET_ENV: &str = "GATEHOUSE_JWT_SECRET";
+/// Environment variable holding the bearer token that admin actions
+/// (`POST /admin/reload`) need; from a Secret in a cluster.
+pub const ADMIN_TOKEN_ENV: &str = "GATEHOUSE_ADMIN_TOKEN";
+/// Shortest admin token accepted (as long as an HS256 secret).
+const MIN_ADMIN_TOKEN_BYTES: usize = 32;
 /// Shortest HS256 secret accepted (RFC 7518 §3.2: a key of at least 256 bits).
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -268,6 +273,32 @@ pub struct ServerConfig {
     pub max_body: u64,
     pub shutdown_grace: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// What admin actions need: `GATEHOUSE_ADMIN_TOKEN`, if set.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin token (never shown: its `Debug` is redacted).
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    #[cfg(test)]
+    pub fn for_test(token: &str) -> AdminToken {
+        AdminToken(token.into())
+    }
+
+    /// Whether `presented` is the token, in time that does not depend on
+    /// where they first differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -343,7 +374,7 @@ impl Config {
             })
         };
         let s = &raw.server;
-        let server = ServerConfig {
+        let mut server = ServerConfig {
             listen: addr(&s.listen, "server.listen")?,
             admin: addr(&s.admin, "server.admin")?,
             routes_dir: base.join(&s.routes_dir),
@@ -366,6 +397,7 @@ impl Config {
                     })
                 })
                 .collect::<Result<_, _>>()?,
+            admin_token: None,
         };
         if server.listen == server.admin && server.listen.port() != 0 {
             return Err(err(
@@ -383,6 +415,18 @@ impl Config {
             pool_max_idle_per_host: u.pool_max_idle_per_host,
             max_response_header_bytes: u.max_response_header_bytes.0.clamp(8 << 10, 16 << 20) as usize,
         };
+
+        let admin_token = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.is_empty());
+        if let Some(token) = &admin_token
+            && (token.len() < MIN_ADMIN_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::new(
+                &shown,
+                None,
+                format!("{ADMIN_TOKEN_ENV} must be at least {MIN_ADMIN_TOKEN_BYTES} visible ASCII characters"),
+            ));
+        }
+        server.admin_token = admin_token.map(AdminToken);
 
         let a = raw.auth;
         let secret = std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty()).or(a.hs256_secret);

@@ -12,7 +12,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use gateway::{
-    AuthConfig, Compiler, Config, JwksConfig, KeyConfig, PluginsConfig, ReloadConfig, ServerConfig, UpstreamConfig, WebSocketConfig,
+    ADMIN_TOKEN_ENV, AdminToken, AuthConfig, Compiler, Config, JwksConfig, KeyConfig, PluginsConfig, ReloadConfig, ServerConfig,
+    UpstreamConfig, WebSocketConfig,
 };
 pub use routes::{AuthMode, Route, RoutePlugin, Upstream, load_routes};
 pub use units::{Bytes, Dur};
