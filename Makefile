@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test audit fuzz build plugins lint bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
+.PHONY: run test audit fuzz build plugins lint k8s bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -28,6 +28,11 @@ build: plugins
 # the test plugins (plugins/testing/) left in plugins/target/ for the tests.
 plugins:
 	./scripts/build-plugins.sh
+
+# Renders deploy/k8s/overlays/example and validates it offline (schemas,
+# gatehouse check); see docs/deploying.md.
+k8s:
+	./scripts/k8s.sh
 
 # The profile-guided production build: target/pgo/release/gatehouse (see README.md).
 pgo: plugins
