@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test audit fuzz build plugins lint k8s bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
+.PHONY: run test audit fuzz build plugins lint k8s image bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -33,6 +33,11 @@ plugins:
 # gatehouse check); see docs/deploying.md.
 k8s:
 	./scripts/k8s.sh
+
+# The production image (FROM scratch, static binary) with podman, checked;
+# see docs/deploying.md.
+image: plugins
+	./scripts/image.sh
 
 # The profile-guided production build: target/pgo/release/gatehouse (see README.md).
 pgo: plugins

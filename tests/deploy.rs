@@ -236,3 +236,56 @@ fn a_manifest_the_schemas_refuse_fails_the_check() {
         "{text}"
     );
 }
+
+/// The production image (`scripts/image.sh`): built when podman is here
+/// (Debian's `podman`; it needs root to mount an image), checked by the
+/// script (user 65532, entrypoint, only 8080 exposed) and by its own binary
+/// loading the shipped routes and bundled plugins inside its filesystem.
+#[test]
+fn the_image_is_static_non_root_and_checks_itself() {
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    if Command::new("podman").arg("--version").output().is_err() || !root {
+        eprintln!("skipped: building the image needs podman (apt-get install podman) and root");
+        return;
+    }
+    plugin("hello");
+    let out = Command::new(repo().join("scripts/image.sh"))
+        .env("TAG", "localhost/gatehouse:test")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("user 65532:65532"), "{text}");
+    assert!(text.contains("exposes {\"8080/tcp\":{}}"), "{text}");
+    assert!(
+        text.contains("inside it, ok:") && text.contains("10 routes") && text.contains("3 plugins"),
+        "{text}"
+    );
+    // Nothing but the binary, its config and the mount points.
+    let files = text.lines().find_map(|l| l.strip_prefix("image: files: ")).unwrap();
+    let mut files: Vec<&str> = files.split_whitespace().collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "./etc",
+            "./etc/gatehouse",
+            "./etc/gatehouse/config",
+            "./etc/gatehouse/config/gatehouse.toml",
+            "./etc/gatehouse/plugins",
+            "./etc/gatehouse/routes",
+            "./gatehouse",
+            "./var",
+            "./var/cache",
+            "./var/cache/gatehouse",
+        ],
+        "{text}"
+    );
+    let mib: u64 = text
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" layers").and_then(|p| p.split(" MiB").next()))
+        .and_then(|n| n.rsplit(' ').next().unwrap().parse().ok())
+        .expect("a size");
+    assert!(mib < 60, "{mib} MiB: {text}");
+}
