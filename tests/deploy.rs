@@ -214,23 +214,25 @@ fn a_manifest_the_schemas_refuse_fails_the_check() {
         )
         .unwrap();
     }
-    let deployment = copy.join("base/deployment.yaml");
-    let original = std::fs::read_to_string(&deployment).unwrap();
-    std::fs::write(&deployment, original.replace("  replicas: 3\n", "  replicas: 3\n  replica: 4\n")).unwrap();
-    let (ok, text, _) = render(&copy.join("overlays/example"));
-    assert!(!ok);
+    let overlay = copy.join("overlays/example");
+    // Breaks one file of the copy, renders it, puts the file back.
+    let broken = |file: &str, from: &str, to: &str| {
+        let path = copy.join(file);
+        let original = std::fs::read_to_string(&path).unwrap();
+        assert!(original.contains(from), "{file} has no {from:?}");
+        std::fs::write(&path, original.replace(from, to)).unwrap();
+        let (ok, text, _) = render(&overlay);
+        std::fs::write(&path, original).unwrap();
+        assert!(!ok, "{file} with {to:?} passed:\n{text}");
+        text
+    };
+    let text = broken("base/deployment.yaml", "  replicas: 3\n", "  replicas: 3\n  replica: 4\n");
     assert!(
         text.contains("deployment/gatehouse") && text.contains("'replica' was unexpected"),
         "{text}"
     );
-
     // A configuration the gateway would refuse is caught here too.
-    std::fs::write(&deployment, original).unwrap();
-    let config = copy.join("base/gatehouse.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("shutdown_grace = \"30s\"", "shutdown_grace = \"soon\"")).unwrap();
-    let (ok, text, _) = render(&copy.join("overlays/example"));
-    assert!(!ok);
+    let text = broken("base/gatehouse.toml", "shutdown_grace = \"30s\"", "shutdown_grace = \"soon\"");
     assert!(
         text.contains("invalid duration \"soon\"") && text.contains("gatehouse check refused"),
         "{text}"

@@ -92,21 +92,16 @@ pub struct Line<'a> {
 impl Line<'_> {
     /// Text, quoted in the human format (tracing's `field = "..."`).
     pub fn str(&mut self, field: &Field, value: &str) -> &mut Self {
-        match self.format {
-            Format::Json => {
-                self.out.push_str(field.json);
-                json_string(self.out, value);
-            }
-            Format::Human { ansi } => {
-                self.out.push_str(if ansi { field.ansi } else { field.human });
-                debug_string(self.out, value);
-            }
-        }
-        self
+        self.text(field, value, debug_string)
     }
 
     /// Text shown as it is in the human format (tracing's `field = %value`).
     pub fn plain(&mut self, field: &Field, value: &str) -> &mut Self {
+        self.text(field, value, String::push_str)
+    }
+
+    /// Text: a JSON string, or in the human format as `human` writes it.
+    fn text(&mut self, field: &Field, value: &str, human: fn(&mut String, &str)) -> &mut Self {
         match self.format {
             Format::Json => {
                 self.out.push_str(field.json);
@@ -114,7 +109,7 @@ impl Line<'_> {
             }
             Format::Human { ansi } => {
                 self.out.push_str(if ansi { field.ansi } else { field.human });
-                self.out.push_str(value);
+                human(self.out, value);
             }
         }
         self
