@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test audit fuzz build plugins lint k8s image bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
+.PHONY: run test audit fuzz build plugins lint k8s image fleet bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -38,6 +38,11 @@ k8s:
 # see docs/deploying.md.
 image: plugins
 	./scripts/image.sh
+
+# Three replicas behind HAProxy through a plugin change, a rolling restart
+# and a SIGKILL, under load: failed requests and convergence time.
+fleet: plugins
+	./bench/fleet.sh
 
 # The profile-guided production build: target/pgo/release/gatehouse (see README.md).
 pgo: plugins
