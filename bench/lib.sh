@@ -116,6 +116,17 @@ cache_dir = "cache"
 CONFIG
 }
 
+# Sets `order` to `targets` in the order round $1 runs them: as listed on odd
+# rounds, reversed on even ones, so no target always runs first (or last).
+round_order() { # round
+  local i
+  order=("${targets[@]}")
+  if (($1 % 2 == 0)); then
+    order=()
+    for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
+  fi
+}
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sys_ticks() { awk '{print $15}' "/proc/$1/stat"; }
 

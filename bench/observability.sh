@@ -89,11 +89,7 @@ done
 
 echo "observability: $COPIES copies × $ROUNDS rounds × ${DURATION}s, $CONNS connections, wrk on core 1, servers on core 0"
 for round in $(seq "$ROUNDS"); do
-  order=("${targets[@]}")
-  if ((round % 2 == 0)); then
-    order=()
-    for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
-  fi
+  round_order "$round"
   for t in "${order[@]}"; do
     read -r name port pid <<<"$t"
     measure "$name" "http://127.0.0.1:$port/api/bench" "$pid" >/dev/null

@@ -92,11 +92,7 @@ targets=("nginx-proxy_pass $NGINX_PORT $nginx_pid" "gatehouse $GH_PORT $gh_pid" 
 for round in $(seq "$ROUNDS"); do
   echo "round $round"
   measure upstream-direct "http://127.0.0.1:$UP_PORT/api/bench" -
-  order=("${targets[@]}")
-  if ((round % 2 == 0)); then
-    order=()
-    for ((i = ${#targets[@]} - 1; i >= 0; i--)); do order+=("${targets[i]}"); done
-  fi
+  round_order "$round"
   for target in "${order[@]}"; do
     read -r name port pid <<<"$target"
     measure "$name" "http://127.0.0.1:$port/api/bench" "$pid"
