@@ -32,6 +32,7 @@ use crate::config::AdminToken;
 use crate::gateway::Gateway;
 use crate::metrics::{self, Scraped, Writer};
 use crate::reload::{Outcome, Reloads, Trigger};
+use crate::stage::authenticate;
 use crate::wasm::plugin::LoadedPlugin;
 
 /// How long `POST /admin/reload` waits for its attempt before answering 202.
@@ -371,8 +372,6 @@ async fn route_admin<B>(gw: &Gateway, reloads: &Reloads, registry: &Registry, re
     }
 }
 
-/// Serves admin requests until the task is aborted: what serves from the
-/// gateway, reloads through their queue and records.
 /// Who may act through the admin listener.
 struct Actions {
     token: Option<AdminToken>,
@@ -387,7 +386,14 @@ impl Actions {
             return None;
         }
         let (status, error) = match &self.token {
-            Some(token) if bearer(req).is_some_and(|t| token.matches(t)) => return None,
+            Some(token)
+                if authenticate::bearer(req.headers())
+                    .ok()
+                    .flatten()
+                    .is_some_and(|t| token.matches(t.as_bytes())) =>
+            {
+                return None;
+            }
             Some(_) => (
                 StatusCode::UNAUTHORIZED,
                 "admin actions need Authorization: Bearer <GATEHOUSE_ADMIN_TOKEN>",
@@ -410,14 +416,8 @@ impl Actions {
     }
 }
 
-/// The token of an `Authorization: Bearer` header (the scheme in any case).
-fn bearer<B>(req: &Request<B>) -> Option<&[u8]> {
-    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
-    let space = value.iter().position(|&b| b == b' ')?;
-    let (scheme, token) = value.split_at(space);
-    scheme.eq_ignore_ascii_case(b"bearer").then(|| token.trim_ascii())
-}
-
+/// Serves admin requests until the task is aborted: what serves from the
+/// gateway, reloads through their queue and records.
 pub async fn serve(gw: Arc<Gateway>, reloads: Arc<Reloads>, listener: TcpListener) {
     let registry = Arc::new(registry(&gw, &reloads));
     let actions = Arc::new(Actions {

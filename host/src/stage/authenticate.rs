@@ -9,8 +9,9 @@ use crate::config::AuthMode;
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 
-/// The bearer token, `None` when no `Authorization` header was sent.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+/// The bearer token, `None` when no `Authorization` header was sent (the
+/// admin listener's actions read theirs with it too).
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
         (None, _) => return Ok(None),
