@@ -42,12 +42,6 @@ pub fn install(writer: BatchWriter, format: Format) {
     }
 }
 
-/// Whether access lines are written: a sink is installed and the log
-/// filter wants them (decided once, when the sink is installed).
-pub fn enabled() -> bool {
-    SINK.get().is_some()
-}
-
 /// A field's name, rendered ahead of time for each format (see [`field!`]):
 /// a line puts a dozen of them together per request, and each piece it need
 /// not assemble is work saved.

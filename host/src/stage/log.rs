@@ -7,9 +7,6 @@ use crate::access::{self, field};
 use crate::context::RequestCtx;
 
 pub fn record<B>(ctx: &RequestCtx, resp: &Response<B>, elapsed: std::time::Duration) {
-    if !access::enabled() {
-        return;
-    }
     access::write(|line| {
         line.str(field!("request_id"), ctx.request_id())
             .plain(field!("trace_id"), ctx.trace_id())
