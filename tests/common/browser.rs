@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -15,31 +14,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 
 use super::Proc;
 
-/// Serializes installing: test binaries run in parallel.
-static INSTALL: Mutex<()> = Mutex::new(());
-
-fn installed() -> bool {
-    Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success())
-}
-
 /// Installs Debian's `chromium` unless it is there already.
 pub fn ensure_chromium() {
-    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    if installed() {
-        return;
-    }
-    eprintln!("installing chromium (apt-get) for the browser tests");
-    let status = Command::new("sh")
-        .args([
-            "-c",
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
-        ])
-        .status()
-        .expect("run apt-get");
-    assert!(
-        status.success() && installed(),
-        "could not install chromium with apt-get (the browser tests need it)"
-    );
+    super::ensure_debian_package("chromium", "chromium", "the browser tests");
 }
 
 /// A headless Chromium with its own profile, killed when dropped (its

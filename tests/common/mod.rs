@@ -47,23 +47,9 @@ impl Drop for Proc {
 
 impl Proc {
     /// Spawns `cmd`, collecting stdout lines; returns once `ready` matches a line.
-    pub fn spawn(mut cmd: Command, ready: impl Fn(&str) -> bool) -> (Proc, Vec<String>) {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn");
-        let lines = Arc::new(Mutex::new(Vec::new()));
+    pub fn spawn(cmd: Command, ready: impl Fn(&str) -> bool) -> (Proc, Vec<String>) {
         let (tx, rx) = mpsc::channel();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let (lines, tx) = (lines.clone(), tx.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
+        let (mut child, lines) = Proc::collect(cmd, Some(tx));
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut seen = Vec::new();
         while Instant::now() < deadline {
@@ -87,6 +73,36 @@ impl Proc {
         let _ = child.kill();
         let _ = child.wait();
         panic!("process never became ready: {seen:?}");
+    }
+
+    /// Spawns `cmd` without waiting for a line (for programs that print
+    /// nothing when they start well).
+    pub fn spawn_quiet(cmd: Command) -> Proc {
+        let (child, lines) = Proc::collect(cmd, None);
+        Proc { child, lines }
+    }
+
+    /// Spawns `cmd` with threads collecting its stdout and stderr lines
+    /// (each also sent to `tx` when given).
+    fn collect(mut cmd: Command, tx: Option<mpsc::Sender<String>>) -> (Child, Arc<Mutex<Vec<String>>>) {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (lines, tx) = (lines.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line.clone());
+                    if let Some(tx) = &tx {
+                        let _ = tx.send(line);
+                    }
+                }
+            });
+        }
+        (child, lines)
     }
 
     pub fn logs(&self) -> Vec<String> {
@@ -115,6 +131,37 @@ impl Proc {
         }
         None
     }
+}
+
+/// Serializes installing: test binaries and threads may ask at once.
+static INSTALL: Mutex<()> = Mutex::new(());
+
+/// Makes `command` runnable, installing Debian's `package` with apt-get
+/// when it is missing (CI machines start without the tools `why` needs).
+pub fn ensure_debian_package(command: &str, package: &str, why: &str) {
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    let installed = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {command}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if installed() {
+        return;
+    }
+    eprintln!("installing {package} (apt-get) for {why}");
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"),
+        ])
+        .status()
+        .expect("run apt-get");
+    assert!(
+        status.success() && installed(),
+        "could not install {package} with apt-get ({why} need it)"
+    );
 }
 
 /// The five stand-in services on free ports.
