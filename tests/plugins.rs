@@ -501,6 +501,13 @@ fn broken_or_missing_plugins_are_refused_with_a_reason() {
     assert_eq!(garbage["sha256"].as_str().unwrap().len(), 64);
     let fault = by_name("fault");
     assert_eq!(fault["state"], "loaded");
+    assert!(fault["invocations"].is_u64(), "{fault}");
+    // The services a plugin may call are the route's, on /admin/routes.
+    let routes = admin_get(gw.admin, "/admin/routes").json();
+    let calls = |prefix: &str| routes.as_array().unwrap().iter().find(|r| r["prefix"] == prefix).unwrap()["calls"].clone();
+    assert_eq!(calls("/fault/send-allowed"), serde_json::json!(["knowledge-service"]));
+    assert_eq!(calls("/fault/send-own"), serde_json::json!([]));
+    assert_eq!(calls("/k"), serde_json::json!([]));
     assert!(fault["loaded_at"].as_str().unwrap().ends_with('Z'), "{fault}");
     // The missing one is not a file, so it is not listed; the route says why.
     assert!(plugins.iter().all(|p| p["name"] != "missing"));

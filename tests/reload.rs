@@ -236,7 +236,7 @@ fn a_new_build_serves_baseline_code_at_once_then_optimized_code() {
     .unwrap_or_else(|| panic!("never optimized: {:?}", plugin_entry(&gw, "swap")));
     assert_eq!(optimized["sha256"], sha, "{optimized}");
     assert_eq!(optimized["loaded_at"], first["loaded_at"], "{optimized}");
-    assert!(optimized["calls"].as_u64().unwrap() >= 4, "counters carry over: {optimized}");
+    assert!(optimized["invocations"].as_u64().unwrap() >= 4, "counters carry over: {optimized}");
     assert_eq!(version(&gw), "green");
     assert!(logged(&gw, |l| l.contains("optimized code now serves")));
 }
@@ -292,15 +292,27 @@ fn bad_files_are_refused_while_the_old_version_serves() {
     let blue_sha = sha256(&bytes_of("blue"));
     let green = bytes_of("green");
 
-    let cases: [(&str, Vec<u8>, &str); 3] = [
+    // A component of another world (here the empty component: it exports
+    // nothing); the refusal names the world this gateway runs and the docs.
+    let empty_component = b"\0asm\x0d\x00\x01\x00".to_vec();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
         ("garbage", b"this is not a WebAssembly file\n".to_vec(), "not a WebAssembly file"),
         ("truncated copy", green[..green.len() / 2].to_vec(), "not a valid component"),
-        ("wrong world", bytes_of("other-version"), "gatehouse:plugin@1.0.0"),
+        ("another contract version", bytes_of("other-version"), "gatehouse:plugin@1.0.0"),
+        (
+            "another world",
+            empty_component,
+            "runs components of the world gatehouse:plugin/route-handler@0.1.0",
+        ),
     ];
     for (what, bytes, reason) in cases {
         copy_in_place(&target, &bytes);
         let entry = wait_entry(&gw, "swap", "failed", &sha256(&bytes));
-        assert!(entry["error"].as_str().unwrap().contains(reason), "{what}: {entry}");
+        let error = entry["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{what}: {entry}");
+        if what == "another world" {
+            assert!(error.contains("exports []") && error.contains("docs/plugins.md"), "{error}");
+        }
         assert_eq!(
             entry["serving"]["sha256"], blue_sha,
             "{what}: the old version keeps serving: {entry}"

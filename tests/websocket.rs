@@ -516,7 +516,7 @@ async fn a_plugin_runs_on_the_handshake_and_never_sees_frames() {
     assert!(!report.to_string().contains(&token));
     let calls = admin_get(gw.admin, "/admin/plugins").json();
     let fault = calls.as_array().unwrap().iter().find(|p| p["name"] == "fault").unwrap();
-    assert_eq!(fault["calls"], 1, "the plugin ran once, on the handshake, not per frame");
+    assert_eq!(fault["invocations"], 1, "the plugin ran once, on the handshake, not per frame");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

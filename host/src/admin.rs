@@ -62,6 +62,8 @@ fn routes(gw: &Gateway) -> Value {
                 "forward_token": r.forward_token,
                 "websocket": r.websocket,
                 "plugin": r.plugin.as_ref().map(|p| &p.name),
+                // The services its plugin may call besides its own.
+                "calls": r.plugin.as_ref().map_or(&[][..], |p| &p.calls[..]),
                 "source": r.source(),
             })
         })
@@ -98,7 +100,7 @@ fn plugins(gw: &Gateway) -> Value {
                     "loaded_at": rfc3339(p.loaded_at),
                     "compiler": p.compiler,
                     "optimizing": p.pending_optimization.is_some(),
-                    "calls": n(&s.calls),
+                    "invocations": n(&s.calls),
                     "failures": {
                         "trap": n(&s.traps),
                         "deadline": n(&s.timeouts),

@@ -261,8 +261,9 @@ fn check_contract(component: &Component) -> Result<(), String> {
     let exports: Vec<&str> = ty.exports(component.engine()).map(|(name, _)| name).collect();
     let Some(found) = exports.iter().find(|n| n.split('@').next() == Some(HANDLER_INTERFACE)) else {
         return Err(format!(
-            "not a Gatehouse plugin: it must export {HANDLER_INTERFACE}@{CONTRACT_VERSION} (world gatehouse:plugin/route-handler), \
-             but it exports {exports:?}"
+            "not a Gatehouse plugin: this gateway runs components of the world gatehouse:plugin/route-handler@{CONTRACT_VERSION} \
+             (they export {HANDLER_INTERFACE}@{CONTRACT_VERSION}; wasi:http components are not accepted yet), but this one exports \
+             {exports:?}; docs/plugins.md says how to build one"
         ));
     };
     let version = found.split_once('@').map_or("none", |(_, v)| v);
