@@ -1,6 +1,8 @@
-//! The plugin authoring path a newcomer follows with `cargo component`:
+//! The plugin authoring paths a newcomer follows: with `cargo component`,
 //! copy the `hello` template, change it, `cargo component build`, drop the
-//! `.wasm` into `plugins/`, and the gateway serves it.
+//! `.wasm` into `plugins/`, and the gateway serves it; and `gatehouse plugin
+//! new` (Rust, Python) outside this repository, built with the one command
+//! its README gives, loaded as it is.
 
 mod common;
 
@@ -90,4 +92,111 @@ fn a_plugin_built_with_cargo_component_is_served() {
     let doc = resp.json();
     assert_eq!(doc["message"], "howdy, 42", "{doc}");
     assert_eq!(doc["tier"], "pro", "{doc}");
+}
+
+/// Serves `wasm` as plugin `name` on `/greet` with `greeting = "howdy"` and
+/// checks one request with a verified caller.
+fn serve_and_greet(name: &str, wasm: std::path::PathBuf) {
+    let demo = Demo::start();
+    let route = format!(
+        "service = \"user-service\"\nupstream = \"http://127.0.0.1:{{user-service}}\"\n\n[[route]]\nprefix = \"/greet\"\nauth = \"required\"\nplugin = \"{name}\"\n\n[route.settings]\ngreeting = \"howdy\"\n"
+    );
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: vec![(format!("{name}.wasm"), wasm)],
+            routes: vec![("greet.toml".into(), route)],
+            shipped_routes: false,
+            // A Python component is ~18 MB: generous, as for any slow machine.
+            plugin_limits: "deadline = \"10s\"\n".into(),
+            ..Setup::default()
+        },
+    );
+    let resp = gw.get_as("/greet?x=1", &token("42", Some("pro")));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let doc = resp.json();
+    assert_eq!(doc["message"], "howdy, 42", "{doc}");
+    assert_eq!(doc["user_id"], "42", "{doc}");
+    assert_eq!(doc["tier"], "pro", "{doc}");
+    assert_eq!(doc["path"], "/greet?x=1", "{doc}");
+    assert_eq!(doc["request_id"].as_str(), resp.header("x-request-id"), "{doc}");
+}
+
+/// `gatehouse plugin new NAME --lang LANG` into a fresh folder (no checkout
+/// near it); returns the project folder and its README's build command
+/// (the first `sh` block).
+fn starter(name: &str, lang: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join(name);
+    let out = gatehouse_cmd()
+        .args(["plugin", "new", name, "--lang", lang, "--dir"])
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    let build = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a build command in the README")
+        .trim()
+        .to_string();
+    (work, project, build)
+}
+
+fn run_in(dir: &Path, command: &str) {
+    let out = Command::new("sh")
+        .args(["-c", command])
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("run the build command");
+    assert!(
+        out.status.success(),
+        "{command} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_rust_starter_builds_with_its_readme_command_and_is_served() {
+    let (_work, project, build) = starter("my-greeter", "rust");
+    assert_eq!(build, "cargo build --release --target wasm32-wasip2");
+    // The contract and the template travel with the project.
+    assert!(project.join("wit/route-handler.wit").is_file());
+    run_in(&project, &build);
+    // Hyphens become underscores in the file cargo writes; the README says
+    // to copy it under the plugin's name.
+    let wasm = project.join("target/wasm32-wasip2/release/my_greeter.wasm");
+    assert!(wasm.is_file(), "{} missing", wasm.display());
+    serve_and_greet("my-greeter", wasm);
+}
+
+/// componentize-py, installed from PyPI (the pinned version) when missing.
+fn ensure_componentize_py(version: &str) {
+    let installed = Command::new("componentize-py")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version));
+    if !installed {
+        eprintln!("installing componentize-py {version} (pip)");
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("componentize-py=={version}"))
+            .status()
+            .expect("run pip");
+        assert!(status.success(), "pip install componentize-py=={version} failed");
+    }
+}
+
+#[test]
+fn the_python_starter_builds_with_its_readme_command_and_is_served() {
+    ensure_componentize_py(gatehouse::starter::COMPONENTIZE_PY);
+    let (_work, project, build) = starter("py-greeter", "python");
+    assert_eq!(build, "componentize-py -d wit -w route-handler componentize app -o py-greeter.wasm");
+    run_in(&project, &build);
+    serve_and_greet("py-greeter", project.join("py-greeter.wasm"));
 }

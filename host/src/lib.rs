@@ -44,6 +44,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod stage;
+pub mod starter;
 pub mod summary;
 pub mod tunnel;
 pub mod wasm;

@@ -73,6 +73,34 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Plugin authoring tools
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a standalone plugin project (the contract's WIT included) that
+    /// builds with one command; its README says which
+    New {
+        /// The plugin's name: its .wasm file's stem, what a route's `plugin` names
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: StarterLang,
+        /// Where to write it [default: ./NAME]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StarterLang {
+    /// wit-bindgen, built with cargo for wasm32-wasip2
+    Rust,
+    /// componentize-py
+    Python,
 }
 
 /// Logs go to stdout through a background writer that batches lines (one
@@ -111,6 +139,9 @@ fn main() -> ExitCode {
         Command::Check => check(cli.config),
         Command::Routes { path } => routes(cli.config, path),
         Command::Token { sub, tier, ttl } => token(cli.config, sub, tier, ttl),
+        Command::Plugin {
+            command: PluginCommand::New { name, lang, dir },
+        } => plugin_new(&name, lang, dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,6 +150,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `gatehouse plugin new`: writes the project and says how to build it.
+fn plugin_new(name: &str, lang: StarterLang, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use gatehouse::starter::{Lang, write};
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let lang = match lang {
+        StarterLang::Rust => Lang::Rust,
+        StarterLang::Python => Lang::Python,
+    };
+    let files = write(name, lang, &dir).map_err(anyhow::Error::msg)?;
+    println!("wrote {} files into {}:", files.len(), dir.display());
+    for file in &files {
+        println!("  {}", file.display());
+    }
+    println!("build it as {} says", dir.join("README.md").display());
+    Ok(())
 }
 
 /// The runtime: one worker thread per core by default. With exactly one
