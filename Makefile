@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test audit fuzz build plugins lint k8s image fleet bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket pgo
+.PHONY: run test audit fuzz build plugins lint k8s image fleet bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket bench-cold-start pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -34,8 +34,8 @@ plugins:
 k8s:
 	./scripts/k8s.sh
 
-# The production image (FROM scratch, static binary) with podman, checked;
-# see docs/deploying.md.
+# The production image (FROM scratch, the profile-guided static binary) with
+# podman, checked; BUILD=release for the plain build. See docs/deploying.md.
 image: plugins
 	./scripts/image.sh
 
@@ -77,3 +77,7 @@ bench-websocket:
 # Reload latency: last write of a changed plugin → first response from it.
 bench-reload: plugins
 	cargo bench -p gatehouse --bench reload
+
+# Start-up with three large (Python) plugins, cold and warm compile cache.
+bench-cold-start:
+	./bench/cold-start.sh

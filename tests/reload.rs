@@ -241,6 +241,52 @@ fn a_new_build_serves_baseline_code_at_once_then_optimized_code() {
     assert!(logged(&gw, |l| l.contains("optimized code now serves")));
 }
 
+#[test]
+fn a_cold_start_serves_baseline_code_until_the_optimized_builds_are_ready() {
+    // Content never compiled before (a fresh nonce each run), two files
+    // loaded side by side at start.
+    let dir = tempfile::tempdir().unwrap();
+    let seed = unique_seed();
+    let (green, blue) = (with_nonce(&bytes_of("green"), seed), with_nonce(&bytes_of("blue"), seed));
+    std::fs::write(dir.path().join("green.wasm"), &green).unwrap();
+    std::fs::write(dir.path().join("blue.wasm"), &blue).unwrap();
+    let demo = Demo::start();
+    let gw = start(&demo, |setup| {
+        setup.plugins = vec![
+            ("swap.wasm".into(), dir.path().join("green.wasm")),
+            ("other.wasm".into(), dir.path().join("blue.wasm")),
+        ];
+    });
+    // Listening means both were loaded, with the baseline compiler.
+    for bytes in [&green, &blue] {
+        let sha = sha256(bytes);
+        assert!(
+            logged(&gw, |l| l.contains("plugin loaded")
+                && l.contains(&sha)
+                && l.contains("\"compiler\":\"winch\"")),
+            "{sha} was not loaded with baseline code at start"
+        );
+    }
+    assert_eq!(version(&gw), "green");
+    for name in ["swap", "other"] {
+        let optimized = wait_for(RELOAD_LIMIT, || {
+            plugin_entry(&gw, name).filter(|e| e["compiler"] == "cranelift" && e["optimizing"] == false)
+        })
+        .unwrap_or_else(|| panic!("{name} never optimized: {:?}", plugin_entry(&gw, name)));
+        assert_eq!(optimized["state"], "loaded", "{optimized}");
+    }
+    assert_eq!(version(&gw), "green");
+    // `gatehouse check` compiles what serve ends up running: optimized code.
+    let out = gatehouse_cmd()
+        .arg("--config")
+        .arg(gw.dir.path().join("gatehouse.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !stdout.contains("winch"), "{stdout}");
+}
+
 /// The content hashes of the compiled code in a cache folder.
 fn cached_hashes(dir: &Path) -> Vec<String> {
     let mut found: Vec<String> = std::fs::read_dir(dir)

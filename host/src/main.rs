@@ -189,7 +189,8 @@ fn serve(config: Option<PathBuf>, workers: Option<usize>) -> anyhow::Result<()> 
     let config = Config::load(config.as_deref())?;
     let wasm = Arc::new(Runtime::new(&config.plugins).map_err(|e| anyhow!(e))?);
     let rt = runtime(workers)?;
-    let (snapshot, report) = load_snapshot(&config, &wasm, rt.handle())?;
+    // Baseline code first for what is not cached; the reloader optimizes it.
+    let (snapshot, report) = load_snapshot(&config, &wasm, rt.handle(), true)?;
     for problem in &report.problems {
         tracing::error!("{problem}");
     }
@@ -243,7 +244,7 @@ fn check(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
     let wasm = Runtime::new(&config.plugins).map_err(|e| anyhow!(e))?;
     let rt = runtime(Some(1))?;
-    let (snapshot, report) = load_snapshot(&config, &wasm, rt.handle())?;
+    let (snapshot, report) = load_snapshot(&config, &wasm, rt.handle(), false)?;
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }

@@ -88,17 +88,13 @@ struct RouteTable {
 /// Loads and checks the route files and the plugins for `config` (shared by
 /// `serve` and `check`). Hard errors (bad TOML, duplicate prefixes) fail;
 /// the rest is in the `Report`. Blocking (it compiles): `handle` runs each
-/// plugin's trial instantiation.
-pub fn load_snapshot(config: &Config, runtime: &Runtime, handle: &Handle) -> Result<(Snapshot, Report), ConfigError> {
+/// plugin's trial instantiation. With `fast` (`serve`) and a tiered
+/// runtime, a plugin not in the compile cache gets baseline code, so a cold
+/// start is not held up by optimizing large components; `check` compiles
+/// what `serve` will end up running.
+pub fn load_snapshot(config: &Config, runtime: &Runtime, handle: &Handle, fast: bool) -> Result<(Snapshot, Report), ConfigError> {
     let table = load_route_table(config, runtime, route_digest(&config.server.routes_dir))?;
-    let (plugins, _) = load_dir(
-        runtime,
-        &config.server.plugins_dir,
-        &PluginSet::default(),
-        &|_| false,
-        handle,
-        false,
-    );
+    let (plugins, _) = load_dir(runtime, &config.server.plugins_dir, &PluginSet::default(), &|_| false, handle, fast);
     let mut report = Report {
         problems: Vec::new(),
         warnings: table.warnings,

@@ -72,6 +72,19 @@ pub fn spawn(reloader: Arc<Reloader>) -> tokio::task::JoinHandle<()> {
         let Some(rx) = rx else { return };
         let _watchers = watchers;
         tokio::spawn(sighup);
+        // What start-up loaded with baseline code gets its optimized build.
+        let started_baseline: Vec<Arc<LoadedPlugin>> = reloader
+            .live
+            .load()
+            .plugins
+            .files
+            .values()
+            .filter_map(|e| e.serving.clone())
+            .filter(|p| p.pending_optimization.is_some())
+            .collect();
+        for plugin in started_baseline {
+            optimize_later(&reloader, plugin);
+        }
         if reloader.config.reload.watch {
             let catch_up = reload(&reloader, &[]).await;
             if catch_up.outcome != Outcome::Unchanged {

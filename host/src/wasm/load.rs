@@ -39,9 +39,11 @@ fn wasm_files(dir: &Path) -> Vec<(String, PathBuf)> {
 /// unchanged content (same hash: no compile, same instance, same counters).
 /// New content that fails leaves the previous version serving. A file that
 /// disappeared stays loaded while `in_use(name)` is true. With `fast`
-/// (a reload), content not in the compile cache gets baseline code first
-/// when the runtime is tiered. Blocking: call it off the request path;
-/// `handle` runs the trial instantiation.
+/// (`serve`'s start and every reload), content not in the compile cache
+/// gets baseline code first when the runtime is tiered. Files are compiled
+/// side by side, up to the machine's parallelism, so a folder of large
+/// components takes about as long as its slowest. Blocking: call it off the
+/// request path; `handle` runs the trial instantiations.
 pub fn load_dir(
     rt: &Runtime,
     dir: &Path,
@@ -52,9 +54,12 @@ pub fn load_dir(
 ) -> (PluginSet, Vec<Change>) {
     let mut set = PluginSet::default();
     let mut changes = Vec::new();
-    for (name, path) in wasm_files(dir) {
-        let prev = previous.files.get(&name).cloned().unwrap_or_default();
-        let (entry, change) = load_entry(rt, &path, &name, prev, handle, fast);
+    let files = wasm_files(dir);
+    let loaded = side_by_side(&files, |(name, path)| {
+        let prev = previous.files.get(name).cloned().unwrap_or_default();
+        load_entry(rt, path, name, prev, handle, fast)
+    });
+    for ((name, _), (entry, change)) in files.into_iter().zip(loaded) {
         changes.extend(change);
         set.files.insert(name, entry);
     }
@@ -82,6 +87,27 @@ pub fn load_dir(
         }
     }
     (set, changes)
+}
+
+/// `f` on every item, as many at once as the machine has cores, results
+/// in the items' order.
+fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let width = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if items.len() <= 1 || width == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(width) {
+        std::thread::scope(|s| {
+            let running: Vec<_> = chunk.iter().map(|item| s.spawn(|| f(item))).collect();
+            out.extend(
+                running
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+            );
+        });
+    }
+    out
 }
 
 /// Brings one name up to date with its file.
