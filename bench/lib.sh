@@ -144,15 +144,20 @@ measure() {
   [ "$pid" = - ] || cpu_us=$(awk -v d=$((after - before)) -v t="$ticks" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1e6 / t / n}')
   [ "$pid" = - ] || sys_us=$(awk -v d=$((sys_after - sys_before)) -v t="$ticks" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1e6 / t / n}')
   if grep -q "Non-2xx" <<<"$out"; then echo "  $name: non-2xx responses!" >&2; fi
-  echo "$name $rps $p99 $cpu_us" >> "$work/results"
+  echo "$name $rps $p99 $cpu_us $sys_us" >> "$work/results"
   printf '  %-22s %10s req/s   p99 %8s µs   CPU %6s µs/req (kernel %s)\n' "$name" "$rps" "$p99" "$cpu_us" "$sys_us"
 }
 
-# Medians per name, then one ratio line per "label:a:b" argument (a over b).
+# Medians per name, then one ratio line per "label:a:b" argument (a over b):
+# throughput, p99, CPU per request, and its user-space part alone (the
+# kernel's part includes waking the load generator, which depends on how
+# idle its core is as much as on the server).
 summarize() {
   local IFS='|'
   awk -v ratios="$*" '
-    { rps[$1] = rps[$1] " " $2; p99[$1] = p99[$1] " " $3; cpu[$1] = cpu[$1] " " $4; if (!seen[$1]++) order[++n] = $1 }
+    { rps[$1] = rps[$1] " " $2; p99[$1] = p99[$1] " " $3; cpu[$1] = cpu[$1] " " $4; sys[$1] = sys[$1] " " $5
+      if ($4 != "-") usr[$1] = usr[$1] " " ($4 - $5)
+      if (!seen[$1]++) order[++n] = $1 }
     function median(list,   a, k, i, j, t) {
       k = split(list, a, " ")
       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
@@ -160,10 +165,13 @@ summarize() {
     }
     END {
       for (i = 1; i <= n; i++) { name = order[i]; r[name] = median(rps[name]); p[name] = median(p99[name]); c[name] = median(cpu[name])
-        printf "  %-22s %10.0f req/s   p99 %8.0f µs   CPU %6s µs/req\n", name, r[name], p[name], c[name] }
+        u[name] = median(usr[name]); k[name] = median(sys[name])
+        printf "  %-22s %10.0f req/s   p99 %8.0f µs   CPU %6s µs/req", name, r[name], p[name], c[name]
+        if (c[name] != "-") printf " (user %.1f, kernel %s)", u[name], k[name]
+        printf "\n" }
       print ""
-      k = split(ratios, list, "|")
-      for (i = 1; i <= k; i++) { split(list[i], f, ":")
-        printf "%s: throughput %.2f×, p99 %.2f×, CPU per request %.2f×\n", f[1], r[f[2]] / r[f[3]], p[f[2]] / p[f[3]], c[f[2]] / c[f[3]] }
+      m = split(ratios, list, "|")
+      for (i = 1; i <= m; i++) { split(list[i], f, ":")
+        printf "%s: throughput %.2f×, p99 %.2f×, CPU per request %.2f× (user %.2f×)\n", f[1], r[f[2]] / r[f[3]], p[f[2]] / p[f[3]], c[f[2]] / c[f[3]], u[f[2]] / u[f[3]] }
     }' "$work/results"
 }

@@ -10,6 +10,7 @@
 #
 #   bench/plugins.sh                       # 3 rounds × 10 s
 #   ROUNDS=5 DURATION=20 bench/plugins.sh
+#   WASMTIME=0 bench/plugins.sh            # without wasmtime serve (no install)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,8 @@ WASMTIME_VERSION=48.0.8
 need nginx nginx-light
 need wrk wrk
 need taskset util-linux
-if ! wasmtime --version 2>/dev/null | grep -q "$WASMTIME_VERSION"; then
+WASMTIME=${WASMTIME:-1}
+if [ "$WASMTIME" = 1 ] && ! wasmtime --version 2>/dev/null | grep -q "$WASMTIME_VERSION"; then
   echo "installing wasmtime-cli $WASMTIME_VERSION (cargo install --locked; ~10 minutes, once)"
   cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked --quiet
 fi
@@ -45,11 +47,13 @@ TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)
 
 taskset -c 1 nginx -c "$work/upstream.conf" & pids+=($!)
 GATEHOUSE_LOG=warn taskset -c 0 ./target/release/gatehouse --config "$work/gatehouse.toml" serve --workers 1 >"$work/gh.log" 2>&1 & pids+=($!); gh_pid=$!
-taskset -c 0 wasmtime serve -Scli \
-  -O pooling-allocator=y,pooling-memory-keep-resident=1048576,pooling-table-keep-resident=1048576,pooling-pagemap-scan=auto \
-  --addr "127.0.0.1:$WT_PORT" bench/wasi-http-hello/target/wasm32-wasip2/release/wasi_http_hello.wasm >"$work/wt.log" 2>&1 & pids+=($!); wt_pid=$!
+if [ "$WASMTIME" = 1 ]; then
+  taskset -c 0 wasmtime serve -Scli \
+    -O pooling-allocator=y,pooling-memory-keep-resident=1048576,pooling-table-keep-resident=1048576,pooling-pagemap-scan=auto \
+    --addr "127.0.0.1:$WT_PORT" bench/wasi-http-hello/target/wasm32-wasip2/release/wasi_http_hello.wasm >"$work/wt.log" 2>&1 & pids+=($!); wt_pid=$!
+fi
 for _ in $(seq 50); do
-  curl -s -o /dev/null "http://127.0.0.1:$WT_PORT/" && curl -s -o /dev/null "http://127.0.0.1:$GH_PORT/" && break
+  { [ "$WASMTIME" != 1 ] || curl -s -o /dev/null "http://127.0.0.1:$WT_PORT/"; } && curl -s -o /dev/null "http://127.0.0.1:$GH_PORT/" && break
   sleep 0.2
 done
 for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "a server failed to start" >&2; cat "$work"/*.log >&2; exit 1; }; done
@@ -61,16 +65,18 @@ check() { # url expected-substring
 }
 check "http://127.0.0.1:$GH_PORT/api/bench" "ok"
 check "http://127.0.0.1:$GH_PORT/api/v1/hello" '"user_id":"42"'
-check "http://127.0.0.1:$WT_PORT/hello" "hello, stranger"
+[ "$WASMTIME" != 1 ] || check "http://127.0.0.1:$WT_PORT/hello" "hello, stranger"
 
 echo "bench: $ROUNDS rounds × ${DURATION}s, $CONNS connections, wrk -t1 on core 1, servers on core 0"
 for round in $(seq "$ROUNDS"); do
   echo "round $round"
   measure gatehouse-native "http://127.0.0.1:$GH_PORT/api/bench" "$gh_pid"
   measure gatehouse-hello "http://127.0.0.1:$GH_PORT/api/v1/hello" "$gh_pid"
-  measure wasmtime-serve "http://127.0.0.1:$WT_PORT/hello" "$wt_pid"
+  [ "$WASMTIME" != 1 ] || measure wasmtime-serve "http://127.0.0.1:$WT_PORT/hello" "$wt_pid"
 done
 
 echo
 echo "median over $ROUNDS rounds:"
-summarize "hello plugin / wasmtime serve:gatehouse-hello:wasmtime-serve" "hello plugin / native route:gatehouse-hello:gatehouse-native"
+ratios=("hello plugin / native route:gatehouse-hello:gatehouse-native")
+[ "$WASMTIME" != 1 ] || ratios+=("hello plugin / wasmtime serve:gatehouse-hello:wasmtime-serve")
+summarize "${ratios[@]}"

@@ -11,30 +11,33 @@
 #   ROUNDS=5 DURATION=20 CONNS=64 bench/run.sh
 #   PGO=1 bench/run.sh           # also the profile-guided build of bench/pgo.sh
 #   BASE=/path/to/gatehouse bench/run.sh   # also another build (say, main's before a change)
+#   BUILDS="musl=target/x86_64-unknown-linux-musl/release/gatehouse pgo-musl=..." bench/run.sh
+#                                # also any builds, each as name=path
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
-UP_PORT=18090 NGINX_PORT=18091 GH_PORT=18092 GH_LOG_PORT=18093 GH_PGO_PORT=18094 GH_BASE_PORT=18095
+UP_PORT=18090 NGINX_PORT=18091 GH_PORT=18092 GH_LOG_PORT=18093
 PGO=${PGO:-}
 BASE=${BASE:-}
-PGO_BIN=target/pgo/release/gatehouse
+PGO_BIN=${PGO_BIN:-target/pgo/release/gatehouse}
+# Extra builds, name=path; each gets port 18094+k and admin port 19903+k.
+read -r -a builds <<<"${BUILDS:-}"
+[ -z "$PGO" ] || builds=("gatehouse-pgo=$PGO_BIN" "${builds[@]}")
+[ -z "$BASE" ] || builds+=("gatehouse-base=$BASE")
 
 . bench/lib.sh
 need nginx nginx-light
 need wrk wrk
 need taskset util-linux
 ports_free $UP_PORT $NGINX_PORT $GH_PORT $GH_LOG_PORT 19901 19902
-if [ -n "$PGO" ] && [ ! -x "$PGO_BIN" ]; then
-  echo "$PGO_BIN missing: run bench/pgo.sh first" >&2; exit 1
-fi
-[ -z "$PGO" ] || ports_free $GH_PGO_PORT 19903
-if [ -n "$BASE" ]; then
-  [ -x "$BASE" ] || { echo "BASE=$BASE is not an executable" >&2; exit 1; }
-  ports_free $GH_BASE_PORT 19904
-fi
+for k in "${!builds[@]}"; do
+  path=${builds[k]#*=}
+  [ -x "$path" ] || { echo "${builds[k]}: not an executable${PGO:+ (the PGO build: run bench/pgo.sh first)}" >&2; exit 1; }
+  ports_free $((18094 + k)) $((19903 + k))
+done
 
 cargo build --release --workspace --quiet
 work=$(mktemp -d)
@@ -56,8 +59,6 @@ EOF
 }
 gh_conf gatehouse $GH_PORT 19901
 gh_conf gatehouse-log $GH_LOG_PORT 19902
-gh_conf gatehouse-pgo $GH_PGO_PORT 19903
-gh_conf gatehouse-base $GH_BASE_PORT 19904
 
 export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret
 TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)
@@ -67,14 +68,14 @@ taskset -c 0 nginx -c "$work/proxy.conf" & pids+=($!); nginx_pid=$!
 GATEHOUSE_LOG=warn taskset -c 0 ./target/release/gatehouse --config "$work/gatehouse.toml" serve --workers 1 >"$work/gh.log" 2>&1 & pids+=($!); gh_pid=$!
 GATEHOUSE_LOG=info taskset -c 0 ./target/release/gatehouse --config "$work/gatehouse-log.toml" serve --workers 1 >"$work/gh-access.log" 2>&1 & pids+=($!); gh_log_pid=$!
 ports=($UP_PORT $NGINX_PORT $GH_PORT $GH_LOG_PORT)
-if [ -n "$PGO" ]; then
-  GATEHOUSE_LOG=warn taskset -c 0 "$PGO_BIN" --config "$work/gatehouse-pgo.toml" serve --workers 1 >"$work/gh-pgo.log" 2>&1 & pids+=($!); gh_pgo_pid=$!
-  ports+=($GH_PGO_PORT)
-fi
-if [ -n "$BASE" ]; then
-  GATEHOUSE_LOG=warn taskset -c 0 "$BASE" --config "$work/gatehouse-base.toml" serve --workers 1 >"$work/gh-base.log" 2>&1 & pids+=($!); gh_base_pid=$!
-  ports+=($GH_BASE_PORT)
-fi
+extra=()
+for k in "${!builds[@]}"; do
+  name=${builds[k]%%=*} path=${builds[k]#*=}
+  gh_conf "$name" $((18094 + k)) $((19903 + k))
+  GATEHOUSE_LOG=warn taskset -c 0 "$path" --config "$work/$name.toml" serve --workers 1 >"$work/$name.log" 2>&1 & pids+=($!)
+  ports+=($((18094 + k)))
+  extra+=("$name $((18094 + k)) $!")
+done
 sleep 1
 for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "a server failed to start; see $work" >&2; exit 1; }; done
 
@@ -87,8 +88,7 @@ echo "bench: $ROUNDS rounds × ${DURATION}s, $CONNS connections, wrk -t1 on core
 # name port pid, in the order of odd rounds; even rounds run them reversed,
 # so no target always follows the same one (or always runs last).
 targets=("nginx-proxy_pass $NGINX_PORT $nginx_pid" "gatehouse $GH_PORT $gh_pid" "gatehouse+access-log $GH_LOG_PORT $gh_log_pid")
-[ -z "$PGO" ] || targets+=("gatehouse-pgo $GH_PGO_PORT $gh_pgo_pid")
-[ -z "$BASE" ] || targets+=("gatehouse-base $GH_BASE_PORT $gh_base_pid")
+targets+=("${extra[@]}")
 for round in $(seq "$ROUNDS"); do
   echo "round $round"
   measure upstream-direct "http://127.0.0.1:$UP_PORT/api/bench" -
@@ -102,6 +102,8 @@ done
 echo
 echo "median over $ROUNDS rounds:"
 ratios=("gatehouse / nginx:gatehouse:nginx-proxy_pass" "gatehouse+access-log / nginx:gatehouse+access-log:nginx-proxy_pass")
-[ -z "$PGO" ] || ratios+=("gatehouse-pgo / nginx:gatehouse-pgo:nginx-proxy_pass")
-[ -z "$BASE" ] || ratios+=("gatehouse-base / nginx:gatehouse-base:nginx-proxy_pass" "gatehouse / gatehouse-base:gatehouse:gatehouse-base")
+for build in "${builds[@]}"; do
+  name=${build%%=*}
+  ratios+=("$name / nginx:$name:nginx-proxy_pass" "$name / gatehouse:$name:gatehouse")
+done
 summarize "${ratios[@]}"

@@ -6,14 +6,23 @@
 # mount + chroot: running containers does not work in every VM's cgroup
 # setup, chroot does).
 #
-#   scripts/image.sh                 # gatehouse:<version>, release build
+#   scripts/image.sh                 # gatehouse:<version>, the profile-guided build
+#   PROFILE=x.profdata scripts/image.sh   # ... from a kept profile (no training)
+#   BUILD=release scripts/image.sh   # the plain release build (minutes, not ~25)
 #   TAG=gatehouse:dev scripts/image.sh
 #   CHECK_ONLY=1 scripts/image.sh    # check an image already built
+#
+# The PGO build is bench/pgo.sh for the musl target: it trains an
+# instrumented binary on proxied, plugin and refused requests (nginx and wrk
+# needed), or takes PROFILE. The image is labelled with the profile's sha256:
+# the same commit and profile give the same binary, and the same binary gives
+# the same image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=x86_64-unknown-linux-musl
 VERSION=$(awk -F'"' '/^version/ {print $2; exit}' host/Cargo.toml)
 TAG=${TAG:-gatehouse:$VERSION}
+BUILD=${BUILD:-pgo}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 need() { command -v "$1" >/dev/null || { echo "image: $1 is needed (apt-get install $2)" >&2; exit 1; }; }
@@ -29,8 +38,18 @@ trap cleanup EXIT
 if [ -z "${CHECK_ONLY:-}" ]; then
   need musl-gcc musl-tools
   rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
-  cargo build --quiet --release --target "$TARGET" -p gatehouse --bin gatehouse
-  bin="$CARGO_TARGET_DIR/$TARGET/release/gatehouse"
+  labels=(--label "org.opencontainers.image.version=$VERSION"
+    --label "org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
+  case $BUILD in
+    pgo)
+      TARGET=$TARGET ./bench/pgo.sh
+      bin=target/pgo/$TARGET/release/gatehouse
+      labels+=(--label "dev.gatehouse.pgo-profile.sha256=$(cut -d' ' -f1 "$bin.profile")") ;;
+    release)
+      cargo build --quiet --release --target "$TARGET" -p gatehouse --bin gatehouse
+      bin="$CARGO_TARGET_DIR/$TARGET/release/gatehouse" ;;
+    *) echo "image: BUILD=$BUILD: pgo or release" >&2; exit 1 ;;
+  esac
   # Static, or it would not start on scratch.
   if command -v file >/dev/null && file "$bin" | grep -q "dynamically linked"; then echo "image: $bin is not static" >&2; exit 1; fi
   mkdir -p "$work/ctx/rootfs/etc/gatehouse/config" "$work/ctx/rootfs/etc/gatehouse/routes" \
@@ -41,7 +60,7 @@ if [ -z "${CHECK_ONLY:-}" ]; then
   # Same bytes, same layers: timestamps fixed (SOURCE_DATE_EPOCH, the last commit's).
   epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
   find "$work/ctx" -exec touch -h -d "@$epoch" {} +
-  podman build --quiet --timestamp "$epoch" -t "$TAG" -f deploy/image/Containerfile "$work/ctx" >/dev/null
+  podman build --quiet --timestamp "$epoch" "${labels[@]}" -t "$TAG" -f deploy/image/Containerfile "$work/ctx" >/dev/null
 fi
 
 # What the image says about itself.
@@ -67,6 +86,8 @@ cp deploy/k8s/base/routes/*.toml "$work/root/etc/gatehouse/routes/"
 check=$(GATEHOUSE_JWT_SECRET=image-check-secret-image-check-secret-0123 POLAR_WEBHOOK_SECRET=whsec_aW1hZ2UtY2hlY2s= \
   chroot --userspec=65532:65532 "$work/root" /gatehouse --config /etc/gatehouse/config/gatehouse.toml check 2>&1) ||
   { echo "$check" >&2; echo "image: gatehouse check failed inside the image" >&2; exit 1; }
+profile=$(podman image inspect "$TAG" --format '{{index .Config.Labels "dev.gatehouse.pgo-profile.sha256"}}')
 echo "image: $TAG, $((size / 1024 / 1024)) MiB in $layers layers, user $user, entrypoint $entrypoint, exposes $ports"
+if [ -n "$profile" ]; then echo "image: build profile-guided (profile sha256 ${profile:0:16}…)"; else echo "image: build release (no profile)"; fi
 echo "image: files: $files"
 echo "image: inside it, $(grep -m1 '^ok:' <<<"$check")"
