@@ -45,6 +45,10 @@ target_args=() out=release
 # as the profile names local functions: the same whatever the checkout's or
 # the target folder's path, so a profile fits any checkout of its commit
 # and two builds from it are byte for byte the same.
+# C code compiled on the way (mimalloc) records __DATE__ and __TIME__: the
+# last commit's time instead of the clock's (honoured by gcc).
+SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH
 remap() { # target-dir
   echo "--remap-path-prefix=$PWD=/src --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=$PWD/$1=/target"
 }
