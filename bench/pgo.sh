@@ -13,8 +13,7 @@
 #                       # runs this): target/pgo/<target>/release/gatehouse
 #   PROFILE=path.profdata bench/pgo.sh
 #                       # no training: build with a profile kept from an
-#                       # earlier run (the same commit and profile give the
-#                       # same binary)
+#                       # earlier run
 #
 # The normal `cargo build --release` is untouched: the PGO build has its own
 # target folders. Needs the rustup `llvm-tools` component (installed here).
@@ -44,7 +43,7 @@ target_args=() out=release
 # Paths as the binary records them (panic locations, generated sources) and
 # as the profile names local functions: the same whatever the checkout's or
 # the target folder's path, so a profile fits any checkout of its commit
-# and two builds from it are byte for byte the same.
+# (two builds still differ in ThinLTO's symbol suffixes: pgo-build.md).
 # C code compiled on the way (mimalloc) records __DATE__ and __TIME__: the
 # last commit's time instead of the clock's (honoured by gcc).
 SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 0)

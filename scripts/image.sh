@@ -14,9 +14,10 @@
 #
 # The PGO build is bench/pgo.sh for the musl target: it trains an
 # instrumented binary on proxied, plugin and refused requests (nginx and wrk
-# needed), or takes PROFILE. The image is labelled with the profile's sha256:
-# the same commit and profile give the same binary, and the same binary gives
-# the same image.
+# needed), or takes PROFILE. The image is labelled with the commit and the
+# profile's sha256; the same binary gives the same image (rebuilding from the
+# same profile gives an equivalent binary, not yet the same bytes: see
+# docs/decisions/pgo-build.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=x86_64-unknown-linux-musl
