@@ -523,12 +523,7 @@ fn broken_or_missing_plugins_are_refused_with_a_reason() {
     );
 
     // `gatehouse check` fails on the same folder, naming the route file and line.
-    let out = gatehouse_cmd()
-        .arg("--config")
-        .arg(gw.dir.path().join("gatehouse.toml"))
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = gw.check();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -277,12 +277,7 @@ fn a_cold_start_serves_baseline_code_until_the_optimized_builds_are_ready() {
     }
     assert_eq!(version(&gw), "green");
     // `gatehouse check` compiles what serve ends up running: optimized code.
-    let out = gatehouse_cmd()
-        .arg("--config")
-        .arg(gw.dir.path().join("gatehouse.toml"))
-        .arg("check")
-        .output()
-        .unwrap();
+    let out = gw.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && !stdout.contains("winch"), "{stdout}");
 }

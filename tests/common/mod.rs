@@ -347,6 +347,16 @@ impl Gateway {
         Gateway { proc, addr, admin, dir }
     }
 
+    /// `gatehouse check` on this gateway's configuration folder.
+    pub fn check(&self) -> std::process::Output {
+        gatehouse_cmd()
+            .arg("--config")
+            .arg(self.dir.path().join("gatehouse.toml"))
+            .arg("check")
+            .output()
+            .unwrap()
+    }
+
     /// Sends raw bytes and reads the whole response (the request should close).
     pub fn raw(&self, request: &str) -> Response {
         raw(self.addr, request.as_bytes())
