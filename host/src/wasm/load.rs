@@ -41,8 +41,8 @@ fn wasm_files(dir: &Path) -> Vec<(String, PathBuf)> {
 /// disappeared stays loaded while `in_use(name)` is true. With `fast`
 /// (`serve`'s start and every reload), content not in the compile cache
 /// gets baseline code first when the runtime is tiered. Files are compiled
-/// side by side, up to the machine's parallelism, so a folder of large
-/// components takes about as long as its slowest. Blocking: call it off the
+/// side by side, one per core, so with as many cores as large components a
+/// folder takes about as long as its slowest. Blocking: call it off the
 /// request path; `handle` runs the trial instantiations.
 pub fn load_dir(
     rt: &Runtime,
