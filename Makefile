@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test audit fuzz build plugins lint k8s image fleet bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket bench-cold-start pgo
+.PHONY: run test audit fuzz build plugins lint k8s image fleet bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket bench-cold-start bench-isolation pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -81,3 +81,7 @@ bench-reload: plugins
 # Start-up with three large (Python) plugins, cold and warm compile cache.
 bench-cold-start:
 	./bench/cold-start.sh
+
+# A native route's latency alone and beside a busy Python plugin route.
+bench-isolation:
+	./bench/isolation.sh
