@@ -10,23 +10,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-2}
 PORT=18700 ADMIN=19700
-COMPONENTIZE_PY=0.25.1
 
 . bench/lib.sh
 need curl curl
 need bc bc
 ports_free $PORT $ADMIN
-if ! componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY"; then
-  python3 -m pip install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY"
-fi
 cargo build --release -p gatehouse --bin gatehouse --quiet
 work=$(mktemp -d)
 pid=
 cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-./target/release/gatehouse plugin new py --lang python --dir "$work/py" >/dev/null
-(cd "$work/py" && componentize-py -d wit -w route-handler componentize app -o py.wasm >/dev/null)
+python_plugin "$work/py"
 mkdir -p "$work/plugins" "$work/routes"
 {
   printf 'service = "user-service"\nupstream = "http://127.0.0.1:1"\n'

@@ -11,41 +11,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}
 UP_PORT=18290 GH_PORT=18292 ADMIN_PORT=19292
-COMPONENTIZE_PY=0.25.1
 
 . bench/lib.sh
 need nginx nginx-light
 need wrk wrk
 need taskset util-linux
 ports_free $UP_PORT $GH_PORT $ADMIN_PORT
-if ! componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY"; then
-  python3 -m pip install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY"
-fi
 cargo build --release -p gatehouse --bin gatehouse --quiet
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-./target/release/gatehouse plugin new py --lang python --dir "$work/py" >/dev/null
-(cd "$work/py" && componentize-py -d wit -w route-handler componentize app -o py.wasm >/dev/null)
-fast_upstream_conf $UP_PORT
-mkdir -p "$work/routes" "$work/plugins"
-cp "$work/py/py.wasm" "$work/plugins/"
-cat >"$work/routes/bench.toml" <<ROUTES
-service = "bench-upstream"
-upstream = "http://127.0.0.1:$UP_PORT"
-
-[[route]]
-prefix = "/api"
-auth = "required"
-
-[[route]]
-prefix = "/py"
-auth = "required"
-plugin = "py"
-ROUTES
-printf '[server]\nlisten = "127.0.0.1:%s"\nadmin = "127.0.0.1:%s"\n[plugins]\ncache_dir = "cache"\n' $GH_PORT $ADMIN_PORT >"$work/gatehouse.toml"
+python_plugin "$work/py"
+plugin_setup $UP_PORT $GH_PORT $ADMIN_PORT "$work/py/py.wasm" /py
 
 export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret
 TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)

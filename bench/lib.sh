@@ -86,14 +86,15 @@ nginx_proxy_conf() { # port upstream-port
 }
 
 # A fast upstream (nginx `return 200`, config in $work/upstream.conf) and a
-# gateway config ($work/gatehouse.toml) whose routes put the `hello` plugin on
-# /api/v1/hello and proxy the rest of /api to that upstream.
-plugin_setup() { # upstream-port gateway-port admin-port
-  local UP_PORT=$1 GH_PORT=$2 ADMIN_PORT=$3
+# gateway config ($work/gatehouse.toml) whose routes put a plugin (default
+# the `hello` plugin on /api/v1/hello) on a prefix and proxy the rest of /api
+# to that upstream.
+plugin_setup() { # upstream-port gateway-port admin-port [plugin.wasm prefix]
+  local UP_PORT=$1 GH_PORT=$2 ADMIN_PORT=$3 wasm=${4:-plugins/hello.wasm} prefix=${5:-/api/v1/hello}
   fast_upstream_conf "$UP_PORT"
 
   mkdir -p "$work/routes" "$work/plugins"
-  cp plugins/hello.wasm "$work/plugins/"
+  cp "$wasm" "$work/plugins/"
   cat > "$work/routes/bench.toml" <<ROUTES
 service = "bench-upstream"
 upstream = "http://127.0.0.1:$UP_PORT"
@@ -103,9 +104,9 @@ prefix = "/api"
 auth = "required"
 
 [[route]]
-prefix = "/api/v1/hello"
+prefix = "$prefix"
 auth = "required"
-plugin = "hello"
+plugin = "$(basename "$wasm" .wasm)"
 ROUTES
   cat > "$work/gatehouse.toml" <<CONFIG
 [server]
@@ -114,6 +115,17 @@ admin = "127.0.0.1:$ADMIN_PORT"
 [plugins]
 cache_dir = "cache"
 CONFIG
+}
+
+# The Python starter (`gatehouse plugin new --lang python`) built with the
+# pinned componentize-py (pip-installed when missing) into $1/py.wasm.
+COMPONENTIZE_PY=0.25.1
+python_plugin() { # dir
+  if ! componentize-py --version 2>/dev/null | grep -q "$COMPONENTIZE_PY"; then
+    python3 -m pip install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY"
+  fi
+  ./target/release/gatehouse plugin new py --lang python --dir "$1" >/dev/null
+  (cd "$1" && componentize-py -d wit -w route-handler componentize app -o py.wasm >/dev/null)
 }
 
 # Sets `order` to `targets` in the order round $1 runs them: as listed on odd
