@@ -71,15 +71,19 @@ fn main() {
     let contract = Arc::new(Contract::default());
     let services = Arc::new(HashMap::new());
 
-    let outbound = || Outbound {
-        client: client.clone(),
-        service: "user-service".into(),
-        upstream: upstream.clone(),
-        services: services.clone(),
-        calls: Vec::new(),
-        contract: contract.clone(),
-        host: None,
-        max_body: 1 << 20,
+    let outbound = || {
+        Arc::new(Outbound {
+            client: client.clone(),
+            service: "user-service".into(),
+            upstream: upstream.clone(),
+            services: services.clone(),
+            calls: Vec::new(),
+            contract: contract.clone(),
+            host: None,
+            max_body: 1 << 20,
+            plugin: plugin.name.clone(),
+            request_id: http::HeaderValue::from_static("req-1"),
+        })
     };
 
     let one = || {
@@ -139,8 +143,7 @@ fn main() {
                     store.limiter(|s| &mut s.limiter);
                     store.set_epoch_deadline(40);
                     if instantiate {
-                        let instance = plugin.pre.instantiate(&mut store).await.expect("instantiate");
-                        std::hint::black_box(&instance);
+                        plugin.pre.instantiate(&mut store).await.expect("instantiate");
                     }
                     drop(store);
                 }

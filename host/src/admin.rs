@@ -97,6 +97,7 @@ fn plugins(gw: &Gateway) -> Value {
                 let s = &p.stats;
                 json!({
                     "sha256": p.sha256,
+                    "world": p.pre.world(),
                     "loaded_at": rfc3339(p.loaded_at),
                     "compiler": p.compiler,
                     "optimizing": p.pending_optimization.is_some(),

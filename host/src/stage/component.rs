@@ -1,8 +1,10 @@
 //! Stage: component. On a route with a plugin, hands the verified caller and
 //! the (already stripped and stamped) request to a fresh instance of the
 //! plugin, then turns its action into a response or a request to forward,
-//! with the identity contract re-applied. Routes without a plugin pass
-//! through untouched and keep their streamed body.
+//! with the identity contract re-applied. A `wasi:http` component gets the
+//! stamped request itself (body streamed in, under the cap) and streams its
+//! response out. Routes without a plugin pass through untouched and keep
+//! their streamed body.
 
 use std::sync::Arc;
 
@@ -13,17 +15,22 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::body::GatewayBody;
+use crate::body::{BodyTooLarge, BoxError, RequestBody};
 use crate::client::UpstreamClient;
 use crate::config::{AuthMode, RoutePlugin};
 use crate::context::RequestCtx;
 use crate::error::GatewayError;
 use crate::headers::Contract;
+use crate::headers::strip_hop_by_hop;
 use crate::snapshot::Snapshot;
+use crate::wasm::bindings::PluginPre;
 use crate::wasm::bindings::{self, Action, Caller, RequestInfo};
 use crate::wasm::host::PluginState;
 use crate::wasm::outbound::{Outbound, to_http, to_http_response, to_wit_headers};
 use crate::wasm::plugin::PluginStats;
-use crate::wasm::{CallError, Runtime, call};
+use crate::wasm::{CallError, LoadedPlugin, Runtime, call};
+use std::sync::atomic::{AtomicBool, Ordering};
+use wasmtime_wasi_http::Error as WasiError;
 
 /// What happens next.
 pub enum Handled {
@@ -66,6 +73,37 @@ async fn call_plugin(
     let plugin = snapshot.plugins.get(&rp.name).map_err(GatewayError::PluginUnavailable)?.clone();
     let limits = &runtime.limits;
     let max_body = rp.max_body.unwrap_or(limits.max_body).min(route.max_body);
+    let outbound = |headers: &http::HeaderMap| {
+        Arc::new(Outbound {
+            client: upstream.clone(),
+            service: route.service.clone(),
+            upstream: route.upstream.clone(),
+            services: snapshot.services.clone(),
+            calls: rp.calls.clone(),
+            contract: Arc::new(Contract::capture(headers)),
+            host: ctx.host.clone(),
+            max_body,
+            plugin: plugin.name.clone(),
+            request_id: ctx.request_id.clone(),
+        })
+    };
+    let memory = rp.memory.unwrap_or(limits.memory) as usize;
+    let deadline = rp.deadline.unwrap_or(limits.deadline);
+    let failed = |e: CallError| match e {
+        CallError::Busy => GatewayError::PluginUnavailable(format!("plugin {}: {e}", plugin.name)),
+        CallError::Deadline(_) => GatewayError::PluginTimeout(format!("plugin {}: {e}", plugin.name)),
+        CallError::Memory(_) | CallError::Trap(_) | CallError::NoResponse(_) => {
+            GatewayError::PluginFailed(format!("plugin {}: {e}", plugin.name))
+        }
+    };
+
+    if matches!(plugin.pre, PluginPre::WasiHttp { .. }) {
+        let outbound = outbound(req.headers());
+        let state = PluginState::new(plugin.name.clone(), ctx.request_id().to_string(), rp.clone(), outbound, memory);
+        return serve_http(&plugin, state, deadline, max_body, &route.service, req)
+            .await
+            .map_err(failed);
+    }
 
     let (parts, body) = req.into_parts();
     if parts.headers.values().any(|v| std::str::from_utf8(v.as_bytes()).is_err()) {
@@ -106,26 +144,11 @@ async fn call_plugin(
         headers: to_wit_headers(&parts.headers),
         body: body.to_vec(),
     };
-    let contract = Arc::new(Contract::capture(&parts.headers));
-    let outbound = Outbound {
-        client: upstream.clone(),
-        service: route.service.clone(),
-        upstream: route.upstream.clone(),
-        services: snapshot.services.clone(),
-        calls: rp.calls.clone(),
-        contract: contract.clone(),
-        host: ctx.host.clone(),
-        max_body,
-    };
-    let memory = rp.memory.unwrap_or(limits.memory) as usize;
+    let outbound = outbound(&parts.headers);
+    let contract = outbound.contract.clone();
     let state = PluginState::new(plugin.name.clone(), info.request_id.clone(), rp.clone(), outbound, memory);
-    let deadline = rp.deadline.unwrap_or(limits.deadline);
 
-    let action = call(&plugin, state, deadline, caller, info, request).await.map_err(|e| match e {
-        CallError::Busy => GatewayError::PluginUnavailable(format!("plugin {}: {e}", plugin.name)),
-        CallError::Deadline(_) => GatewayError::PluginTimeout(format!("plugin {}: {e}", plugin.name)),
-        CallError::Memory(_) | CallError::Trap(_) => GatewayError::PluginFailed(format!("plugin {}: {e}", plugin.name)),
-    })?;
+    let action = call(&plugin, state, deadline, caller, info, request).await.map_err(failed)?;
     let bad_result = |what: &str, why: String| {
         PluginStats::bump(&plugin.stats.bad_results);
         GatewayError::PluginFailed(format!("plugin {}: invalid {what}: {why}", plugin.name))
@@ -140,4 +163,52 @@ async fn call_plugin(
             Ok(Handled::Forward(req))
         }
     }
+}
+
+/// Hands a `wasi:http` component the stamped request, its body streamed in
+/// under `max_body`, and turns its response into the client's: the body
+/// streams out, cut short past `max_body` or when the component fails.
+async fn serve_http(
+    plugin: &Arc<LoadedPlugin>,
+    state: PluginState,
+    deadline: std::time::Duration,
+    max_body: u64,
+    service: &str,
+    req: Request<Incoming>,
+) -> Result<Handled, CallError> {
+    let (mut parts, body) = req.into_parts();
+    if body.size_hint().exact().is_some_and(|n| n > max_body) {
+        return Ok(Handled::Respond(GatewayError::PayloadTooLarge.into_response(&state.request_id)));
+    }
+    // `wasi:http` wants an authority: the client's `Host`, else the service.
+    if !parts.headers.contains_key(http::header::HOST) {
+        parts.headers.insert(http::header::HOST, crate::headers::value(service));
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let body = RequestBody::new(body, max_body, exceeded.clone(), false)
+        .map_err(|e| {
+            if e.is::<BodyTooLarge>() {
+                WasiError::HttpRequestBodySize(None)
+            } else {
+                WasiError::HttpProtocolError
+            }
+        })
+        .boxed_unsync();
+    let request_id = state.request_id.clone();
+    let answer = call::serve_http(plugin, state, deadline, Request::from_parts(parts, body)).await;
+    // A body past the cap was cut short under the component: whatever it
+    // made of what it got (an error, or an answer to half a request), the
+    // client gets the 413 it would get on any other route.
+    if exceeded.load(Ordering::Relaxed) {
+        return Ok(Handled::Respond(GatewayError::PayloadTooLarge.into_response(&request_id)));
+    }
+    let resp = answer?;
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = Limited::new(
+        body.map_err(|code| -> BoxError { format!("the plugin's response body failed: {code:?}").into() }),
+        limit,
+    );
+    Ok(Handled::Respond(Response::from_parts(parts, body.boxed_unsync())))
 }

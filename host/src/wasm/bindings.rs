@@ -78,3 +78,46 @@ impl HandlerPre {
         Ok(action)
     }
 }
+
+/// The `wasi:http/proxy` world's pre-linked component, as `wasmtime serve`
+/// runs it.
+pub use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// The interface a `wasi:http` component exports.
+pub const WASI_HTTP_INTERFACE: &str = "wasi:http/incoming-handler";
+
+/// A loaded component of one of the two worlds the gateway runs.
+pub enum PluginPre {
+    /// `gatehouse:plugin/route-handler`: gets the verified caller, answers
+    /// or forwards.
+    Gatehouse(HandlerPre),
+    /// `wasi:http/proxy`: gets the (stamped) HTTP request and streams its
+    /// own response. `version` is the `wasi:http` version it exports.
+    WasiHttp { pre: ProxyPre<PluginState>, version: String },
+}
+
+impl PluginPre {
+    /// The engine the plugin was compiled for.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            PluginPre::Gatehouse(pre) => pre.engine(),
+            PluginPre::WasiHttp { pre, .. } => pre.engine(),
+        }
+    }
+
+    /// The world the component targets, as `/admin/plugins` shows it.
+    pub fn world(&self) -> String {
+        match self {
+            PluginPre::Gatehouse(_) => format!("gatehouse:plugin/route-handler@{CONTRACT_VERSION}"),
+            PluginPre::WasiHttp { version, .. } => format!("wasi:http/proxy@{version}"),
+        }
+    }
+
+    /// A new instance in `store`, without running it.
+    pub async fn instantiate(&self, store: &mut Store<PluginState>) -> wasmtime::Result<()> {
+        match self {
+            PluginPre::Gatehouse(pre) => pre.instantiate(store).await.map(drop),
+            PluginPre::WasiHttp { pre, .. } => pre.instantiate_async(store).await.map(drop),
+        }
+    }
+}

@@ -1,14 +1,19 @@
 //! Running one request through a plugin: a fresh `Store` with the memory
 //! cap and an epoch deadline, instantiate from the `InstancePre`, call
-//! `handle`, classify whatever went wrong.
+//! `handle` (or, for a `wasi:http` component, `incoming-handler.handle`),
+//! classify whatever went wrong.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
-use super::bindings::{Action, Caller, HandlerPre, Request, RequestInfo};
+use super::bindings::{Action, Caller, PluginPre, Request, RequestInfo};
 use super::engine::{Epoch, Runtime};
 use super::host::PluginState;
 use super::plugin::{LoadedPlugin, PluginStats};
@@ -28,42 +33,35 @@ pub enum CallError {
     /// The plugin trapped (panic, unreachable, bad memory access...).
     #[error("plugin trapped: {0}")]
     Trap(String),
+    /// A `wasi:http` component finished without a usable response head:
+    /// it never set one, or set an error code.
+    #[error("plugin gave no response: {0}")]
+    NoResponse(String),
 }
 
 /// Counts a running call in `PluginStats::in_use` until dropped.
-struct InUse<'a>(&'a PluginStats);
+struct InUse<S: Deref<Target = PluginStats>>(S);
 
-impl<'a> InUse<'a> {
-    fn enter(stats: &'a PluginStats) -> Self {
+impl<S: Deref<Target = PluginStats>> InUse<S> {
+    fn enter(stats: S) -> Self {
         stats.in_use.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         InUse(stats)
     }
 }
 
-impl Drop for InUse<'_> {
+impl<S: Deref<Target = PluginStats>> Drop for InUse<S> {
     fn drop(&mut self) {
         self.0.in_use.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-/// Runs `handle` on a fresh instance of `plugin`.
-pub async fn call(
-    plugin: &Arc<LoadedPlugin>,
-    state: PluginState,
-    deadline: Duration,
-    caller: Option<Caller>,
-    info: RequestInfo,
-    request: Request,
-) -> Result<Action, CallError> {
-    PluginStats::bump(&plugin.stats.calls);
-    let _in_use = InUse::enter(&plugin.stats);
-    let _running = plugin.epoch.running();
-    let memory = state.limiter_memory();
-    let mut store = Store::new(plugin.pre.engine(), state);
+/// A store for one request: the memory cap, and an epoch deadline that
+/// yields to the executor every tick, so a CPU-bound plugin never holds up
+/// other requests on its worker thread; when its ticks are spent it is
+/// interrupted (a trap).
+fn new_store(engine: &wasmtime::Engine, state: PluginState, deadline: Duration) -> Store<PluginState> {
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    // Every epoch tick a running plugin yields to the executor, so a
-    // CPU-bound plugin never holds up other requests on its worker thread;
-    // when its ticks are spent it is interrupted (a trap).
     let mut ticks_left = Runtime::ticks(deadline);
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
@@ -74,8 +72,58 @@ pub async fn call(
             UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
         })
     });
+    store
+}
 
-    let run = plugin.pre.handle(&mut store, caller.as_ref(), &info, &request);
+/// Records a finished call's duration, memory and output, and classifies
+/// its outcome (`Err(())`: the wall-clock deadline passed), counting what
+/// went wrong.
+fn settle<T>(
+    plugin: &LoadedPlugin,
+    store: &Store<PluginState>,
+    started: Instant,
+    deadline: Duration,
+    outcome: Result<wasmtime::Result<T>, ()>,
+) -> Result<T, CallError> {
+    store.data().flush_stdio();
+    plugin.stats.duration.observe(started.elapsed().as_secs_f64());
+    plugin.stats.peak_memory.observe(store.data().limiter.peak as f64);
+    let err = match outcome {
+        Ok(Ok(done)) => return Ok(done),
+        Err(()) => CallError::Deadline(deadline),
+        Ok(Err(e)) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => CallError::Busy,
+        Ok(Err(_)) if store.data().limiter.memory_hit => CallError::Memory(store.data().limiter_memory()),
+        Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => CallError::Deadline(deadline),
+        Ok(Err(e)) => CallError::Trap(format!("{e:#}")),
+    };
+    let counter = match &err {
+        CallError::Busy => &plugin.stats.busy,
+        CallError::Deadline(_) => &plugin.stats.timeouts,
+        CallError::Memory(_) => &plugin.stats.memory_limit,
+        CallError::Trap(_) => &plugin.stats.traps,
+        CallError::NoResponse(_) => &plugin.stats.bad_results,
+    };
+    PluginStats::bump(counter);
+    Err(err)
+}
+
+/// Runs `handle` on a fresh instance of `plugin` (of our world).
+pub async fn call(
+    plugin: &Arc<LoadedPlugin>,
+    state: PluginState,
+    deadline: Duration,
+    caller: Option<Caller>,
+    info: RequestInfo,
+    request: Request,
+) -> Result<Action, CallError> {
+    let PluginPre::Gatehouse(pre) = &plugin.pre else {
+        return Err(CallError::Trap("not a component of the gatehouse:plugin world".into()));
+    };
+    PluginStats::bump(&plugin.stats.calls);
+    let _in_use = InUse::enter(&*plugin.stats);
+    let _running = plugin.epoch.running();
+    let mut store = new_store(pre.engine(), state, deadline);
+    let run = pre.handle(&mut store, caller.as_ref(), &info, &request);
     // The timer is the wall-clock deadline (it fires at a yield or while a
     // host call waits); the epoch budget above is the backstop. Most calls
     // finish in their first poll, without ever waiting: they need no timer,
@@ -85,34 +133,74 @@ pub async fn call(
         let mut run = std::pin::pin!(run);
         match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
             Poll::Ready(done) => Ok(done),
-            Poll::Pending => tokio::time::timeout(deadline.saturating_sub(started.elapsed()), run).await,
+            Poll::Pending => tokio::time::timeout(deadline.saturating_sub(started.elapsed()), run)
+                .await
+                .map_err(drop),
         }
     };
-    store.data().flush_stdio();
-    plugin.stats.duration.observe(started.elapsed().as_secs_f64());
-    plugin.stats.peak_memory.observe(store.data().limiter.peak as f64);
-    let err = match outcome {
-        Ok(Ok(action)) => return Ok(action),
-        Err(_) => CallError::Deadline(deadline),
-        Ok(Err(e)) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => CallError::Busy,
-        Ok(Err(_)) if store.data().limiter.memory_hit => CallError::Memory(memory),
-        Ok(Err(e)) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => CallError::Deadline(deadline),
-        Ok(Err(e)) => CallError::Trap(format!("{e:#}")),
+    settle(plugin, &store, started, deadline, outcome)
+}
+
+/// Runs a `wasi:http` component on a fresh instance of `plugin`, as
+/// `wasmtime serve` does: the request goes in as its `incoming-request`,
+/// the response head comes back as soon as the component sets it, and the
+/// body streams while the component runs on in a task of its own, under
+/// the same deadline and memory cap; a failure after the head cuts the
+/// body short (and is counted like any other).
+pub async fn serve_http(
+    plugin: &Arc<LoadedPlugin>,
+    state: PluginState,
+    deadline: Duration,
+    request: http::Request<WasiBody>,
+) -> Result<http::Response<HyperOutgoingBody>, CallError> {
+    let PluginPre::WasiHttp { pre, .. } = &plugin.pre else {
+        return Err(CallError::Trap("not a wasi:http component".into()));
     };
-    let counter = match &err {
-        CallError::Busy => &plugin.stats.busy,
-        CallError::Deadline(_) => &plugin.stats.timeouts,
-        CallError::Memory(_) => &plugin.stats.memory_limit,
-        CallError::Trap(_) => &plugin.stats.traps,
-    };
-    PluginStats::bump(counter);
-    Err(err)
+    PluginStats::bump(&plugin.stats.calls);
+    let in_use = InUse::enter(plugin.stats.clone());
+    let running = plugin.epoch.running_owned();
+    let mut store = new_store(pre.engine(), state, deadline);
+    let (head, answered) = tokio::sync::oneshot::channel();
+    let http = store.data_mut();
+    let resources = http
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .and_then(|req| Ok((req, http.http().new_response_outparam(head)?)));
+    let (req, out) = resources.map_err(|e| CallError::Trap(format!("preparing the request: {e:#}")))?;
+    let (pre, owner) = (pre.clone(), plugin.clone());
+    let task = tokio::spawn(async move {
+        let _in_use = in_use;
+        let _running = running;
+        let started = Instant::now();
+        let run = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+        };
+        let outcome = tokio::time::timeout(deadline, run).await.map_err(drop);
+        settle(&owner, &store, started, deadline, outcome)
+    });
+    match answered.await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(code)) => {
+            PluginStats::bump(&plugin.stats.bad_results);
+            Err(CallError::NoResponse(format!("it answered with the error code {code:?}")))
+        }
+        // No head: the task ended without one; its outcome says why.
+        Err(_) => match task.await {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => {
+                PluginStats::bump(&plugin.stats.bad_results);
+                Err(CallError::NoResponse("it returned without setting the response-outparam".into()))
+            }
+            Err(e) => Err(CallError::Trap(format!("{e}"))),
+        },
+    }
 }
 
 /// Instantiates `pre` once, without calling it, under the plugin limits: a
 /// component whose instantiation traps, runs away or needs more memory than
 /// allowed is refused at load time instead of failing every request.
-pub async fn probe(rt: &Runtime, pre: &HandlerPre, epoch: &Epoch, name: &str) -> Result<(), String> {
+pub async fn probe(rt: &Runtime, pre: &PluginPre, epoch: &Epoch, name: &str) -> Result<(), String> {
     let _running = epoch.running();
     let state = PluginState::probe(name.into(), rt.limits.memory as usize);
     let mut store = Store::new(pre.engine(), state);

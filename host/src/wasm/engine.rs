@@ -48,6 +48,10 @@ impl Tier {
         // WASI p2 for what a Rust `std` component needs. The per-request
         // `WasiCtx` grants nothing: no preopens, no env, no sockets.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| format!("linking WASI: {e:#}"))?;
+        // wasi:http for both worlds: `incoming-request`/`response-outparam`
+        // for wasi:http components, `outgoing-handler` (restricted to the
+        // route's services, `super::outbound`) for every component.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| format!("linking wasi:http: {e:#}"))?;
         RouteHandler::add_to_linker::<_, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| format!("linking the gatehouse:plugin imports: {e:#}"))?;
         let (epoch, ticker) = EpochTicker::start(engine.clone(), IDLE_TICKS);
@@ -186,6 +190,18 @@ pub struct Running<'a>(&'a EpochShared);
 impl Epoch {
     /// Marks plugin code as running, waking the ticker if it sleeps.
     pub fn running(&self) -> Running<'_> {
+        self.enter();
+        Running(&self.0)
+    }
+
+    /// `running`, for code that outlives the caller's borrow (a `wasi:http`
+    /// component streaming its response from its own task).
+    pub fn running_owned(&self) -> RunningOwned {
+        self.enter();
+        RunningOwned(self.0.clone())
+    }
+
+    fn enter(&self) {
         let shared = &*self.0;
         shared.running.fetch_add(1, Ordering::SeqCst);
         // A plain load first: while the ticker runs (the usual case under
@@ -196,7 +212,6 @@ impl Epoch {
         {
             thread.unpark();
         }
-        Running(shared)
     }
 
     /// How many times the epoch has advanced.
@@ -211,6 +226,15 @@ impl Epoch {
 }
 
 impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An owned [`Running`].
+pub struct RunningOwned(Arc<EpochShared>);
+
+impl Drop for RunningOwned {
     fn drop(&mut self) {
         self.0.running.fetch_sub(1, Ordering::SeqCst);
     }

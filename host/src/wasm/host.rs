@@ -1,5 +1,6 @@
 //! Per-request plugin state and the host side of the plugin's imports:
-//! `upstream.send`, `log.write`, `config.get`, and WASI with nothing granted.
+//! `upstream.send`, `log.write`, `config.get`, WASI with nothing granted,
+//! and `wasi:http` whose outgoing requests reach only the route's services.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::gatehouse::plugin::{config, log, types, upstream};
 use super::bindings::{Level, Request, Response, SendError};
@@ -31,9 +33,17 @@ pub struct PluginState {
     pub plugin: Arc<str>,
     pub request_id: String,
     pub route: Arc<RoutePlugin>,
-    /// `None` for the trial instantiation at load time (no request).
-    pub outbound: Option<Outbound>,
+    /// Where `upstream.send` and `wasi:http/outgoing-handler` may go.
+    pub gate: Gate,
+    http: WasiHttpCtx,
     log_lines: u32,
+}
+
+/// The way out of the sandbox: `None` for the trial instantiation at load
+/// time (no request, nothing reachable). `wasi:http`'s hooks (see
+/// `super::outbound`) send what it allows through the gateway's client.
+pub struct Gate {
+    pub outbound: Option<Arc<Outbound>>,
 }
 
 /// WASI with nothing granted, and the pipes that catch the plugin's output.
@@ -61,7 +71,7 @@ impl Wasi {
 }
 
 impl PluginState {
-    pub fn new(plugin: Arc<str>, request_id: String, route: Arc<RoutePlugin>, outbound: Outbound, memory: usize) -> PluginState {
+    pub fn new(plugin: Arc<str>, request_id: String, route: Arc<RoutePlugin>, outbound: Arc<Outbound>, memory: usize) -> PluginState {
         PluginState::build(plugin, request_id, route, Some(outbound), memory)
     }
 
@@ -71,7 +81,7 @@ impl PluginState {
         PluginState::build(plugin, String::new(), Arc::default(), None, memory)
     }
 
-    fn build(plugin: Arc<str>, request_id: String, route: Arc<RoutePlugin>, outbound: Option<Outbound>, memory: usize) -> PluginState {
+    fn build(plugin: Arc<str>, request_id: String, route: Arc<RoutePlugin>, outbound: Option<Arc<Outbound>>, memory: usize) -> PluginState {
         PluginState {
             wasi: None,
             table: ResourceTable::new(),
@@ -83,7 +93,8 @@ impl PluginState {
             plugin,
             request_id,
             route,
-            outbound,
+            gate: Gate { outbound },
+            http: WasiHttpCtx::new(),
             log_lines: 0,
         }
     }
@@ -114,6 +125,16 @@ impl WasiView for PluginState {
         WasiCtxView {
             ctx: &mut self.wasi.get_or_insert_with(Wasi::new).ctx,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.gate,
+            table: &mut self.table,
+            ctx: &mut self.http,
         }
     }
 }
@@ -157,7 +178,7 @@ impl types::Host for PluginState {}
 
 impl upstream::Host for PluginState {
     async fn send(&mut self, service: Option<String>, request: Request) -> Result<Response, SendError> {
-        match &self.outbound {
+        match &self.gate.outbound {
             Some(out) => out.send(service.as_deref(), request).await,
             None => Err(SendError::NotAllowed("no request is being handled".into())),
         }

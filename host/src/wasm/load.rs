@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use wasmtime::component::Component;
 
-use super::bindings::{CONTRACT_VERSION, HANDLER_INTERFACE, HandlerPre};
+use super::bindings::{CONTRACT_VERSION, HANDLER_INTERFACE, HandlerPre, PluginPre, ProxyPre, WASI_HTTP_INTERFACE};
 use super::cache::{cache_path, compile};
 use super::engine::Runtime;
 use super::host::PluginState;
@@ -248,12 +248,19 @@ fn load_bytes(
 }
 
 /// Checks the contract and pre-links a compiled component.
-fn prepare(component: &Component, linker: &wasmtime::component::Linker<PluginState>) -> Result<HandlerPre, String> {
-    check_contract(component)?;
+fn prepare(component: &Component, linker: &wasmtime::component::Linker<PluginState>) -> Result<PluginPre, String> {
+    let world = check_contract(component)?;
     let pre = linker
         .instantiate_pre(component)
         .map_err(|e| format!("it needs an import this gateway does not provide: {e:#}"))?;
-    HandlerPre::new(pre).map_err(|e| format!("its exports do not match the route-handler world: {e:#}"))
+    match world {
+        World::Gatehouse => HandlerPre::new(pre)
+            .map(PluginPre::Gatehouse)
+            .map_err(|e| format!("its exports do not match the route-handler world: {e:#}")),
+        World::WasiHttp(version) => ProxyPre::new(pre)
+            .map(|pre| PluginPre::WasiHttp { pre, version })
+            .map_err(|e| format!("its exports do not match the wasi:http/proxy world: {e:#}")),
+    }
 }
 
 /// The optimized build of a baseline `plugin` (blocking): same content,
@@ -280,34 +287,63 @@ fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[6] == 1 && bytes[7] == 0
 }
 
-/// Refuses components built for another version of the contract, or for
-/// another world, with a message that says which.
-fn check_contract(component: &Component) -> Result<(), String> {
-    let ty = component.component_type();
-    let exports: Vec<&str> = ty.exports(component.engine()).map(|(name, _)| name).collect();
-    let Some(found) = exports.iter().find(|n| n.split('@').next() == Some(HANDLER_INTERFACE)) else {
-        return Err(format!(
-            "not a Gatehouse plugin: this gateway runs components of the world gatehouse:plugin/route-handler@{CONTRACT_VERSION} \
-             (they export {HANDLER_INTERFACE}@{CONTRACT_VERSION}; wasi:http components are not accepted yet), but this one exports \
-             {exports:?}; docs/plugins.md says how to build one"
-        ));
-    };
-    let version = found.split_once('@').map_or("none", |(_, v)| v);
-    if !compatible(version) {
-        return Err(format!(
-            "built for gatehouse:plugin@{version}, but this gateway serves gatehouse:plugin@{CONTRACT_VERSION}: rebuild it against this gateway's wit/"
-        ));
-    }
-    Ok(())
+/// Which of the two worlds a component targets.
+#[derive(Debug, PartialEq)]
+enum World {
+    Gatehouse,
+    /// The `wasi:http` version it exports, e.g. `0.2.12`.
+    WasiHttp(String),
 }
 
-/// Cargo's rule: same major, and for 0.x the same minor.
-fn compatible(version: &str) -> bool {
+/// The worlds this gateway runs, for refusal messages.
+fn accepted() -> String {
+    format!(
+        "this gateway runs components of the world gatehouse:plugin/route-handler@{CONTRACT_VERSION} (they export \
+         {HANDLER_INTERFACE}@{CONTRACT_VERSION}) and of wasi:http/proxy@0.2.x (they export {WASI_HTTP_INTERFACE}@0.2.x)"
+    )
+}
+
+/// Tells the worlds apart by their export, and refuses components built
+/// for another version of either, or for another world, with a message
+/// that says which.
+fn check_contract(component: &Component) -> Result<World, String> {
+    let ty = component.component_type();
+    let exports: Vec<&str> = ty.exports(component.engine()).map(|(name, _)| name).collect();
+    let version_of = |interface: &str| {
+        exports
+            .iter()
+            .find(|n| n.split('@').next() == Some(interface))
+            .map(|n| n.split_once('@').map_or("none", |(_, v)| v).to_string())
+    };
+    if let Some(version) = version_of(HANDLER_INTERFACE) {
+        if !compatible(&version, CONTRACT_VERSION) {
+            return Err(format!(
+                "built for gatehouse:plugin@{version}, but this gateway serves gatehouse:plugin@{CONTRACT_VERSION}: rebuild it against this gateway's wit/"
+            ));
+        }
+        return Ok(World::Gatehouse);
+    }
+    if let Some(version) = version_of(WASI_HTTP_INTERFACE) {
+        if !compatible(&version, "0.2.0") {
+            return Err(format!(
+                "built for wasi:http@{version}, but this gateway serves wasi:http@0.2.x: build it against a wasi:http 0.2 release"
+            ));
+        }
+        return Ok(World::WasiHttp(version));
+    }
+    Err(format!(
+        "not a Gatehouse plugin: {}, but this one exports {exports:?}; docs/plugins.md says how to build one",
+        accepted()
+    ))
+}
+
+/// Cargo's rule: same major, and for 0.x the same minor, as `served`.
+fn compatible(version: &str, served: &str) -> bool {
     let parts = |v: &str| -> Option<(u64, u64)> {
         let mut it = v.split('.');
         Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
     };
-    match (parts(version), parts(CONTRACT_VERSION)) {
+    match (parts(version), parts(served)) {
         (Some((0, a)), Some((0, b))) => a == b,
         (Some((a, _)), Some((b, _))) => a == b,
         _ => false,
@@ -325,10 +361,13 @@ mod tests {
 
     #[test]
     fn contract_versions_follow_cargo_rules() {
-        assert!(compatible("0.1.0"));
-        assert!(compatible("0.1.7"));
-        assert!(!compatible("0.2.0"));
-        assert!(!compatible("1.0.0"));
-        assert!(!compatible("garbage"));
+        assert!(compatible("0.1.0", "0.1.0"));
+        assert!(compatible("0.1.7", "0.1.0"));
+        assert!(!compatible("0.2.0", "0.1.0"));
+        assert!(!compatible("1.0.0", "0.1.0"));
+        assert!(!compatible("garbage", "0.1.0"));
+        // wasi:http: every 0.2 release, nothing else.
+        assert!(compatible("0.2.0", "0.2.0") && compatible("0.2.12", "0.2.0"));
+        assert!(!compatible("0.3.0-rc-2025-09-16", "0.2.0"));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::time::SystemTime;
 
-use super::bindings::HandlerPre;
+use super::bindings::PluginPre;
 use super::engine::Epoch;
 
 /// Per-plugin-version counters, shown on `/admin/plugins` and `/metrics`.
@@ -58,7 +58,8 @@ pub struct LoadedPlugin {
     pub sha256: String,
     /// When this content first served (an optimized rebuild keeps it).
     pub loaded_at: SystemTime,
-    pub pre: HandlerPre,
+    /// Which world, pre-linked.
+    pub pre: PluginPre,
     /// Shared with the optimized rebuild of a baseline version.
     pub stats: Arc<PluginStats>,
     /// The compiler of `pre`'s machine code: "cranelift" or "winch".
