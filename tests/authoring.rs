@@ -200,3 +200,71 @@ fn the_python_starter_builds_with_its_readme_command_and_is_served() {
     run_in(&project, &build);
     serve_and_greet("py-greeter", project.join("py-greeter.wasm"));
 }
+
+#[test]
+fn the_js_starter_builds_with_its_readme_command_and_is_served() {
+    let (_work, project, build) = starter("js-greeter", "js");
+    assert_eq!(build, "npm install && npm run build");
+    let package = std::fs::read_to_string(project.join("package.json")).unwrap();
+    assert!(
+        package.contains(&format!(
+            "\"@bytecodealliance/componentize-js\": \"{}\"",
+            gatehouse::starter::COMPONENTIZE_JS
+        )),
+        "{package}"
+    );
+    run_in(&project, &build);
+    let wasm = project.join("js-greeter.wasm");
+    serve_and_greet("js-greeter", wasm.clone());
+    serve_and_look_up("js-greeter", wasm);
+}
+
+/// Serves `wasm` (a starter that fetches its `lookup` setting) on a route of
+/// user-service: the route's own service is reached with the verified
+/// identity; a service the route does not list is refused inside the gateway.
+fn serve_and_look_up(name: &str, wasm: std::path::PathBuf) {
+    let demo = Demo::start();
+    let routes = format!(
+        "service = \"user-service\"\nupstream = \"http://127.0.0.1:{{user-service}}\"\n\n\
+         [[route]]\nprefix = \"/own\"\nauth = \"required\"\nplugin = \"{name}\"\n\n[route.settings]\nlookup = \"http://user-service/api/v1/users/me\"\n\n\
+         [[route]]\nprefix = \"/other\"\nauth = \"required\"\nplugin = \"{name}\"\n\n[route.settings]\nlookup = \"http://payment-service/api/v1/payments\"\n"
+    );
+    let payments = "service = \"payment-service\"\nupstream = \"http://127.0.0.1:{payment-service}\"\n\n[[route]]\nprefix = \"/p\"\nauth = \"required\"\n";
+    let gw = Gateway::start(
+        &demo,
+        Setup {
+            plugins: vec![(format!("{name}.wasm"), wasm)],
+            routes: vec![("own.toml".into(), routes), ("payments.toml".into(), payments.into())],
+            shipped_routes: false,
+            plugin_limits: "deadline = \"10s\"\n".into(),
+            ..Setup::default()
+        },
+    );
+    let tok = token("42", Some("pro"));
+    let resp = gw.get("/own", &[("Authorization", &format!("Bearer {tok}")), ("X-User-ID", "7")]);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let lookup = &resp.json()["lookup"];
+    assert_eq!(lookup["status"], 200, "{lookup}");
+    let seen: serde_json::Value = serde_json::from_str(lookup["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["service"], "user-service", "{seen}");
+    assert_eq!(seen["path"], "/api/v1/users/me", "{seen}");
+    assert_eq!(seen["headers"]["x-user-id"], serde_json::json!(["42"]), "{seen}");
+    assert_eq!(seen["headers"]["x-user-tier"], serde_json::json!(["pro"]), "{seen}");
+
+    let resp = gw.get_as("/other", &tok);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let lookup = &resp.json()["lookup"];
+    let error = lookup["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("payment-service must be refused: {lookup}"));
+    assert!(!error.is_empty(), "{lookup}");
+    // The refusal is logged by the gateway, with the request and the URL.
+    let id = resp.header("x-request-id").unwrap().to_string();
+    let logged = gw.log_for(&id);
+    assert!(
+        logged.iter().any(|l| l["plugin"] == name
+            && l["uri"].as_str().is_some_and(|u| u.contains("payment-service"))
+            && l.to_string().contains("outgoing request denied")),
+        "{logged:?}"
+    );
+}

@@ -101,6 +101,8 @@ enum StarterLang {
     Rust,
     /// componentize-py
     Python,
+    /// JavaScript, componentize-js (npm)
+    Js,
 }
 
 /// Logs go to stdout through a background writer that batches lines (one
@@ -159,6 +161,7 @@ fn plugin_new(name: &str, lang: StarterLang, dir: Option<PathBuf>) -> anyhow::Re
     let lang = match lang {
         StarterLang::Rust => Lang::Rust,
         StarterLang::Python => Lang::Python,
+        StarterLang::Js => Lang::Js,
     };
     let files = write(name, lang, &dir).map_err(anyhow::Error::msg)?;
     println!("wrote {} files into {}:", files.len(), dir.display());

@@ -14,16 +14,21 @@ const WIT: &str = include_str!("../../../wit/route-handler.wit");
 const RUST_TEMPLATE: &str = include_str!("../../../plugins/hello/src/lib.rs");
 /// The Python template (componentize-py).
 const PYTHON_TEMPLATE: &str = include_str!("app.py");
+/// The JavaScript template (componentize-js).
+const JS_TEMPLATE: &str = include_str!("app.js");
 /// The wit-bindgen release the bundled plugins build with.
 const WIT_BINDGEN: &str = "0.61";
 /// The componentize-py release the test suite builds the Python starter with.
 pub const COMPONENTIZE_PY: &str = "0.25.1";
+/// The componentize-js release the JavaScript starter pins.
+pub const COMPONENTIZE_JS: &str = "0.23.0";
 
 /// The languages a starter can be written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lang {
     Rust,
     Python,
+    Js,
 }
 
 /// Checks `name`: it becomes the `.wasm` file's stem (what a route's
@@ -58,6 +63,7 @@ pub fn write(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, String>
     let files = match lang {
         Lang::Rust => rust(name)?,
         Lang::Python => python(name),
+        Lang::Js => js(name),
     };
     let mut written = Vec::new();
     for (path, text) in files {
@@ -153,6 +159,44 @@ fn python(name: &str) -> Vec<(PathBuf, String)> {
         ("wit/route-handler.wit".into(), WIT.into()),
         ("README.md".into(), readme),
         (".gitignore".into(), "*.wasm\n__pycache__/\n".into()),
+    ]
+}
+
+fn js(name: &str) -> Vec<(PathBuf, String)> {
+    let package = format!(
+        r#"{{
+  "name": "{name}",
+  "private": true,
+  "type": "module",
+  "scripts": {{
+    "build": "componentize-js app.js --wit wit --world-name route-handler -o {name}.wasm"
+  }},
+  "devDependencies": {{
+    "@bytecodealliance/componentize-js": "{COMPONENTIZE_JS}"
+  }}
+}}
+"#
+    );
+    let readme = format!(
+        "# {name}\n\nA Gatehouse route handler (world `gatehouse:plugin/route-handler@{CONTRACT_VERSION}`), in JavaScript.\n\n\
+         Build (Node.js 18 or later; `npm install` fetches componentize-js {COMPONENTIZE_JS} once):\n\n\
+         ```sh\nnpm install && npm run build\n```\n\n\
+         Copy `{name}.wasm` into the gateway's `plugins/` folder (its stem is what a route's `plugin` names);\n\
+         a running gateway loads it at once, and a route file serves it:\n\n```toml\n{}```\n\n\
+         `fetch` reaches the route's own service and the services its `calls` lists, by name\n\
+         (`http://user-service/...`), with the verified caller's identity headers; anything else fails with\n\
+         HTTP-request-denied. Set `lookup = \"http://user-service/api/v1/users/me\"` in `[route.settings]` to see it.\n\n\
+         The component carries a JavaScript engine: ~12 MB, a few seconds to compile the first time (the\n\
+         gateway caches the result). `app.js` has `handle`; `wit/route-handler.wit` is the contract, with every\n\
+         type documented (records arrive as objects with camelCase fields, `option` as a value or `undefined`).\n",
+        route_snippet(name)
+    );
+    vec![
+        ("app.js".into(), JS_TEMPLATE.into()),
+        ("package.json".into(), package),
+        ("wit/route-handler.wit".into(), WIT.into()),
+        ("README.md".into(), readme),
+        (".gitignore".into(), "*.wasm\nnode_modules/\npackage-lock.json\n".into()),
     ]
 }
 
