@@ -198,7 +198,9 @@ fn the_python_starter_builds_with_its_readme_command_and_is_served() {
     let (_work, project, build) = starter("py-greeter", "python");
     assert_eq!(build, "componentize-py -d wit -w route-handler componentize app -o py-greeter.wasm");
     run_in(&project, &build);
-    serve_and_greet("py-greeter", project.join("py-greeter.wasm"));
+    let wasm = project.join("py-greeter.wasm");
+    serve_and_greet("py-greeter", wasm.clone());
+    serve_and_look_up("py-greeter", wasm);
 }
 
 #[test]
@@ -219,7 +221,7 @@ fn the_js_starter_builds_with_its_readme_command_and_is_served() {
     serve_and_look_up("js-greeter", wasm);
 }
 
-/// Serves `wasm` (a starter that fetches its `lookup` setting) on a route of
+/// Serves `wasm` (a starter that GETs its `lookup` setting) on a route of
 /// user-service: the route's own service is reached with the verified
 /// identity; a service the route does not list is refused inside the gateway.
 fn serve_and_look_up(name: &str, wasm: std::path::PathBuf) {
@@ -263,7 +265,7 @@ fn serve_and_look_up(name: &str, wasm: std::path::PathBuf) {
     let logged = gw.log_for(&id);
     assert!(
         logged.iter().any(|l| l["plugin"] == name
-            && l["uri"].as_str().is_some_and(|u| u.contains("payment-service"))
+            && l["destination"].as_str().is_some_and(|u| u.contains("payment-service"))
             && l.to_string().contains("outgoing request denied")),
         "{logged:?}"
     );

@@ -2,6 +2,7 @@
 //! `upstream.send`, `log.write`, `config.get`, WASI with nothing granted,
 //! and `wasi:http` whose outgoing requests reach only the route's services.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
@@ -54,12 +55,19 @@ struct Wasi {
 }
 
 impl Wasi {
-    fn new() -> Box<Wasi> {
+    /// `settings` become the environment: a `wasi:http` component has no
+    /// `config.get`, and reads them as `wasmtime serve --env` would give them.
+    fn new(settings: &HashMap<String, String>) -> Box<Wasi> {
         let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
         let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
-        // Nothing is granted: no preopened directories, no environment, no
-        // arguments, no network. Clocks and random work as WASI defines them.
-        let ctx = WasiCtx::builder()
+        // Nothing else is granted: no preopened directories, no arguments,
+        // no network, none of the gateway's own environment. Clocks and
+        // random work as WASI defines them.
+        let mut builder = WasiCtx::builder();
+        for (key, value) in settings {
+            builder.env(key, value);
+        }
+        let ctx = builder
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
@@ -123,7 +131,7 @@ impl PluginState {
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi.get_or_insert_with(Wasi::new).ctx,
+            ctx: &mut self.wasi.get_or_insert_with(|| Wasi::new(&self.route.settings)).ctx,
             table: &mut self.table,
         }
     }

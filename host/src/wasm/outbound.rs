@@ -66,7 +66,7 @@ impl Outbound {
     pub async fn send(&self, service: Option<&str>, request: Request) -> Result<Response, SendError> {
         let upstream = match service {
             None => self.upstream.clone(),
-            Some(name) => self.target(name)?,
+            Some(name) => self.target(name).inspect_err(|e| self.denied(name, &format!("{e:?}")))?,
         };
         if request.body.len() as u64 > self.max_body {
             return Err(SendError::InvalidRequest("request body over the plugin body limit".into()));
@@ -115,8 +115,7 @@ impl Outbound {
     ) -> Result<http::Response<WasiBody>, WasiError> {
         let (mut parts, body) = request.into_parts();
         let upstream = self.authorize(&parts.uri).map_err(|why| {
-            let id = self.request_id.to_str().unwrap_or_default();
-            tracing::warn!(target: "gatehouse::plugin", plugin = &*self.plugin, request_id = id, uri = %parts.uri, "outgoing request denied: {why}");
+            self.denied(&parts.uri.to_string(), &why);
             WasiError::HttpRequestDenied
         })?;
         self.contract.reapply(&mut parts.headers);
@@ -149,6 +148,12 @@ impl Outbound {
                 })
                 .boxed_unsync()
         }))
+    }
+
+    /// Logs a refused call: operators see what a plugin tried to reach.
+    fn denied(&self, target: &str, why: &str) {
+        let id = self.request_id.to_str().unwrap_or_default();
+        tracing::warn!(target: "gatehouse::plugin", plugin = &*self.plugin, request_id = id, destination = target, "outgoing request denied: {why}");
     }
 
     /// The upstream `uri` names, if the plugin may reach it: plain `http`,
