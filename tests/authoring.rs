@@ -126,10 +126,15 @@ fn serve_and_greet(name: &str, wasm: std::path::PathBuf) {
 /// near it); returns the project folder and its README's build command
 /// (the first `sh` block).
 fn starter(name: &str, lang: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    starter_of(name, lang, "gatehouse")
+}
+
+/// `starter`, for `--world WORLD`.
+fn starter_of(name: &str, lang: &str, world: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let work = tempfile::tempdir().unwrap();
     let project = work.path().join(name);
     let out = gatehouse_cmd()
-        .args(["plugin", "new", name, "--lang", lang, "--dir"])
+        .args(["plugin", "new", name, "--lang", lang, "--world", world, "--dir"])
         .arg(&project)
         .output()
         .unwrap();
@@ -205,6 +210,7 @@ fn the_python_starter_builds_with_its_readme_command_and_is_served() {
 
 #[test]
 fn the_js_starter_builds_with_its_readme_command_and_is_served() {
+    ensure_debian_package("npm", "npm", "the JavaScript starters");
     let (_work, project, build) = starter("js-greeter", "js");
     assert_eq!(build, "npm install && npm run build");
     let package = std::fs::read_to_string(project.join("package.json")).unwrap();
@@ -269,4 +275,36 @@ fn serve_and_look_up(name: &str, wasm: std::path::PathBuf) {
             && l.to_string().contains("outgoing request denied")),
         "{logged:?}"
     );
+}
+
+#[test]
+fn the_rust_wasi_http_starter_builds_with_its_readme_command_and_is_served() {
+    let (_work, project, build) = starter_of("rs-http", "rust", "wasi-http");
+    assert_eq!(build, "cargo build --release --target wasm32-wasip2");
+    run_in(&project, &build);
+    let wasm = project.join("target/wasm32-wasip2/release/rs_http.wasm");
+    serve_and_greet("rs-http", wasm.clone());
+    serve_and_look_up("rs-http", wasm);
+}
+
+#[test]
+fn the_python_wasi_http_starter_builds_with_its_readme_command_and_is_served() {
+    ensure_componentize_py(gatehouse::starter::COMPONENTIZE_PY);
+    let (_work, project, build) = starter_of("py-http", "python", "wasi-http");
+    assert_eq!(build, "componentize-py -d wit -w handler componentize app -o py-http.wasm");
+    run_in(&project, &build);
+    let wasm = project.join("py-http.wasm");
+    serve_and_greet("py-http", wasm.clone());
+    serve_and_look_up("py-http", wasm);
+}
+
+#[test]
+fn the_js_wasi_http_starter_builds_with_its_readme_command_and_is_served() {
+    ensure_debian_package("npm", "npm", "the JavaScript starters");
+    let (_work, project, build) = starter_of("js-http", "js", "wasi-http");
+    assert_eq!(build, "npm install && npm run build");
+    run_in(&project, &build);
+    let wasm = project.join("js-http.wasm");
+    serve_and_greet("js-http", wasm.clone());
+    serve_and_look_up("js-http", wasm);
 }

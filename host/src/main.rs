@@ -89,10 +89,22 @@ enum PluginCommand {
         name: String,
         #[arg(long, value_enum, default_value = "rust")]
         lang: StarterLang,
+        /// The world: Gatehouse's own (the caller as a typed value) or the
+        /// standard wasi:http/proxy (the stamped HTTP request)
+        #[arg(long, value_enum, default_value = "gatehouse")]
+        world: StarterWorld,
         /// Where to write it [default: ./NAME]
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StarterWorld {
+    /// gatehouse:plugin/route-handler
+    Gatehouse,
+    /// wasi:http/proxy 0.2
+    WasiHttp,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,8 +154,8 @@ fn main() -> ExitCode {
         Command::Routes { path } => routes(cli.config, path),
         Command::Token { sub, tier, ttl } => token(cli.config, sub, tier, ttl),
         Command::Plugin {
-            command: PluginCommand::New { name, lang, dir },
-        } => plugin_new(&name, lang, dir),
+            command: PluginCommand::New { name, lang, world, dir },
+        } => plugin_new(&name, lang, world, dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -155,15 +167,19 @@ fn main() -> ExitCode {
 }
 
 /// `gatehouse plugin new`: writes the project and says how to build it.
-fn plugin_new(name: &str, lang: StarterLang, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    use gatehouse::starter::{Lang, write};
+fn plugin_new(name: &str, lang: StarterLang, world: StarterWorld, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use gatehouse::starter::{Lang, World, write};
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     let lang = match lang {
         StarterLang::Rust => Lang::Rust,
         StarterLang::Python => Lang::Python,
         StarterLang::Js => Lang::Js,
     };
-    let files = write(name, lang, &dir).map_err(anyhow::Error::msg)?;
+    let world = match world {
+        StarterWorld::Gatehouse => World::Gatehouse,
+        StarterWorld::WasiHttp => World::WasiHttp,
+    };
+    let files = write(name, lang, world, &dir).map_err(anyhow::Error::msg)?;
     println!("wrote {} files into {}:", files.len(), dir.display());
     for file in &files {
         println!("  {}", file.display());
