@@ -1,5 +1,5 @@
 # Gatehouse: the two commands a newcomer needs are `make run` and `make test`.
-.PHONY: run test audit fuzz build plugins lint k8s image fleet bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket bench-cold-start bench-isolation pgo
+.PHONY: run test audit fuzz build plugins lint k8s image fleet bench bench-instructions bench-observability bench-plugins bench-plugin-floor bench-reload bench-websocket bench-cold-start bench-isolation bench-languages pgo
 
 # Build, start the stand-in services and the gateway with a development secret.
 run: plugins
@@ -85,3 +85,8 @@ bench-cold-start:
 # A native route's latency alone and beside a busy Python plugin route.
 bench-isolation:
 	./bench/isolation.sh
+
+# The six starters (Rust, Python, JavaScript × our world, wasi:http): size,
+# compile time, CPU and wall time per request, memory, reload of a large one.
+bench-languages:
+	./bench/languages.sh

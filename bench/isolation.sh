@@ -5,8 +5,12 @@
 # native route's latency is measured alone, then while a second wrk keeps the
 # Python route busy. Gateway on core 0, wrk and the upstream on core 1.
 #
+# Slow plugins run on the plugin threads, below the I/O workers' priority
+# (`plugins.threads_nice`, default 19); PLUGINS adds `[plugins]` lines.
+#
 #   bench/isolation.sh                 # 8 s per phase
 #   DURATION=15 bench/isolation.sh
+#   PLUGINS='threads_nice = 10' bench/isolation.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}
@@ -25,6 +29,7 @@ trap cleanup EXIT
 
 python_plugin "$work/py"
 plugin_setup $UP_PORT $GH_PORT $ADMIN_PORT "$work/py/py.wasm" /py
+[ -z "${PLUGINS:-}" ] || echo "$PLUGINS" >>"$work/gatehouse.toml"
 
 export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret
 TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)
@@ -58,6 +63,7 @@ py=$!
 sleep 1
 native "beside 4 busy Python connections"
 wait "$py"
-printf '  %-32s python: %8s req/s, p50 %s, p99 %s\n' "(the Python route meanwhile)" "$(awk '/Requests\/sec/ {print $2}' "$work/py.out")" \
-  "$(awk '$1 == "50%" {print $2}' "$work/py.out")" "$(awk '$1 == "99%" {print $2}' "$work/py.out")"
+printf '  %-32s python: %8s req/s, p50 %s, p99 %s, %s answers not 2xx (504: past the deadline)\n' "(the Python route meanwhile)" \
+  "$(awk '/Requests\/sec/ {print $2}' "$work/py.out")" "$(awk '$1 == "50%" {print $2}' "$work/py.out")" \
+  "$(awk '$1 == "99%" {print $2}' "$work/py.out")" "$(awk '/Non-2xx/ {print $5}' "$work/py.out" | grep . || echo 0)"
 native "alone again"

@@ -267,6 +267,11 @@ fn fault_gateway(demo: &Demo) -> Gateway {
 /// Cranelift, `winch` with the baseline compiler, `tiered` with Cranelift
 /// from the compile cache, else Winch first and Cranelift in the background.
 fn fault_gateway_compiled_by(demo: &Demo, compiler: &str) -> Gateway {
+    fault_gateway_with(demo, &format!("compiler = \"{compiler}\"\n"))
+}
+
+/// The fault gateway with extra `[plugins]` lines.
+fn fault_gateway_with(demo: &Demo, plugin_limits: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.wasm");
     std::fs::write(&garbage, b"this is not WebAssembly").unwrap();
@@ -288,7 +293,7 @@ fn fault_gateway_compiled_by(demo: &Demo, compiler: &str) -> Gateway {
             shipped_routes: false,
             // Generous, so that a loaded test machine never turns a fault
             // into a timeout; the loop route sets its own short deadline.
-            plugin_limits: format!("deadline = \"5s\"\ncompiler = \"{compiler}\"\n"),
+            plugin_limits: format!("deadline = \"5s\"\n{plugin_limits}"),
             ..Setup::default()
         },
     )
@@ -445,6 +450,56 @@ fn an_idle_gateway_stops_ticking_and_a_runaway_plugin_is_still_stopped() {
     gw.get_as("/fault/loop", &tok).assert_error(504);
     assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(gw.get_as("/fault/echo", &tok).status, 200);
+}
+
+/// The nice value of each thread of `pid` named `name` (comm is cut at 15 bytes).
+fn thread_nice(pid: u32, name: &str) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim() != name {
+                return None;
+            }
+            // Field 19 of stat, counted after the `(comm)` field.
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            stat.rsplit_once(") ")?.1.split(' ').nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_plugin_moves_to_the_low_priority_plugin_threads() {
+    let demo = Demo::start();
+    // A debug build's host takes about a millisecond per call: the line
+    // between cheap and slow is drawn well above it.
+    let gw = fault_gateway_with(&demo, "slow_call = \"10ms\"\n");
+    let tok = token("42", Some("pro"));
+    let pid = gw.proc.child.id();
+    let fault = |gw: &Gateway| admin_plugins(gw).into_iter().find(|p| p["name"] == "fault").unwrap();
+    // Cheap calls run where the request is: no plugin threads yet.
+    for _ in 0..3 {
+        assert_eq!(gw.get_as("/fault/echo", &tok).status, 200);
+    }
+    let cheap = fault(&gw);
+    assert_eq!(cheap["on_plugin_threads"], false, "{cheap}");
+    assert!(
+        thread_nice(pid, "gatehouse-plugi").is_empty(),
+        "plugin threads started for cheap calls"
+    );
+    // A call that runs for milliseconds (it spins until its deadline) makes
+    // the plugin slow: its next calls run on the plugin threads, nice 19.
+    gw.get_as("/fault/loop", &tok).assert_error(504);
+    let slow = fault(&gw);
+    assert_eq!(slow["on_plugin_threads"], true, "{slow}");
+    assert!(slow["run_us"].as_u64().unwrap() > 10_000, "{slow}");
+    gw.get_as("/fault/loop", &tok).assert_error(504);
+    let nices = thread_nice(pid, "gatehouse-plugi");
+    assert!(!nices.is_empty() && nices.iter().all(|&n| n == 19), "plugin threads: {nices:?}");
+    // They answer like any other call, faults and all.
+    assert_eq!(gw.get_as("/fault/echo", &tok).status, 200);
+    gw.get_as("/fault/trap", &tok).assert_error(500);
 }
 
 #[test]

@@ -19,7 +19,10 @@ fn probe_gateway(demo: &Demo) -> Gateway {
     Gateway::start(
         demo,
         Setup {
-            plugins: vec![("wasi-http.wasm".into(), plugin("wasi-http-probe"))],
+            plugins: vec![
+                ("wasi-http.wasm".into(), plugin("wasi-http-probe")),
+                ("hello.wasm".into(), plugin("hello")),
+            ],
             routes: vec![
                 ("probe.toml".into(), routes.into()),
                 ("knowledge.toml".into(), others.into()),
@@ -76,10 +79,13 @@ fn a_wasi_http_component_gets_the_verified_caller_and_streams_its_answer() {
     // A required route without a token never reaches the component.
     gw.get("/h/who", &[]).assert_error(401);
 
+    // One plugin of each kind, told apart on /admin/plugins.
     let listed = plugins(&gw);
     let probe = listed.iter().find(|p| p["name"] == "wasi-http").expect("listed");
     assert_eq!(probe["world"], "wasi:http/proxy@0.2.12", "{probe}");
     assert!(probe["invocations"].as_u64().unwrap() >= 2, "{probe}");
+    let hello = listed.iter().find(|p| p["name"] == "hello").expect("listed");
+    assert_eq!(hello["world"], "gatehouse:plugin/route-handler@0.1.0", "{hello}");
 }
 
 #[test]

@@ -104,7 +104,15 @@ fn main() {
             headers: vec![("host".into(), "localhost".into()), ("x-user-id".into(), "42".into())],
             body: Vec::new(),
         };
-        call(&plugin, state, Duration::from_millis(200), caller, info, request)
+        call(
+            &plugin,
+            state,
+            std::time::Instant::now(),
+            Duration::from_millis(200),
+            caller,
+            info,
+            request,
+        )
     };
 
     // The host-side share: the per-request state (limits, settings, the way

@@ -102,6 +102,9 @@ fn plugins(gw: &Gateway) -> Value {
                     "compiler": p.compiler,
                     "optimizing": p.pending_optimization.is_some(),
                     "invocations": n(&s.calls),
+                    // Where its calls run: a plugin slower than `slow_call` runs on the plugin threads.
+                    "run_us": n(&s.run_ns) / 1000,
+                    "on_plugin_threads": s.is_slow(gw.runtime.limits.slow_call),
                     "failures": {
                         "trap": n(&s.traps),
                         "deadline": n(&s.timeouts),

@@ -76,6 +76,9 @@ struct RawPlugins {
     cache_dir: PathBuf,
     cache_size: Bytes,
     compiler: Compiler,
+    slow_call: Dur,
+    threads: usize,
+    threads_nice: i32,
 }
 
 impl Default for RawPlugins {
@@ -88,6 +91,9 @@ impl Default for RawPlugins {
             cache_dir: ".gatehouse-cache".into(),
             cache_size: Bytes(256 << 20),
             compiler: Compiler::Tiered,
+            slow_call: Dur(Duration::from_micros(200)),
+            threads: 0,
+            threads_nice: 19,
         }
     }
 }
@@ -244,6 +250,15 @@ pub struct PluginsConfig {
     /// least recently used entries go first.
     pub cache_size: u64,
     pub compiler: Compiler,
+    /// A plugin whose calls run longer than this on average (its code's
+    /// time, waits on services left out) runs on the plugin threads, below
+    /// the I/O workers' priority, so it cannot hold up other routes.
+    pub slow_call: Duration,
+    /// The plugin threads (0: one per core).
+    pub threads: usize,
+    /// Their nice value, 0..=19: 19 gives other routes the CPU first, 0
+    /// shares it equally.
+    pub threads_nice: i32,
 }
 
 /// How plugins are compiled to machine code.
@@ -454,6 +469,9 @@ impl Config {
         if p.memory.0 < (1 << 20) || p.memory.0 > (4 << 30) {
             return Err(ConfigError::new(&shown, None, "plugins.memory must be between 1MiB and 4GiB"));
         }
+        if !(0..=19).contains(&p.threads_nice) {
+            return Err(ConfigError::new(&shown, None, "plugins.threads_nice must be between 0 and 19"));
+        }
         let plugins = PluginsConfig {
             memory: p.memory.0,
             deadline: p.deadline.0.max(Duration::from_millis(1)),
@@ -462,6 +480,9 @@ impl Config {
             cache_dir: base.join(&p.cache_dir),
             cache_size: p.cache_size.0,
             compiler: p.compiler,
+            slow_call: p.slow_call.0,
+            threads: p.threads.min(1024),
+            threads_nice: p.threads_nice,
         };
         let reload = ReloadConfig {
             watch: raw.reload.watch,

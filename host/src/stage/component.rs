@@ -25,11 +25,13 @@ use crate::headers::strip_hop_by_hop;
 use crate::snapshot::Snapshot;
 use crate::wasm::bindings::PluginPre;
 use crate::wasm::bindings::{self, Action, Caller, RequestInfo};
+use crate::wasm::call::Claim;
 use crate::wasm::host::PluginState;
 use crate::wasm::outbound::{Outbound, to_http, to_http_response, to_wit_headers};
 use crate::wasm::plugin::PluginStats;
 use crate::wasm::{CallError, LoadedPlugin, Runtime, call};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use wasmtime_wasi_http::Error as WasiError;
 
 /// What happens next.
@@ -100,7 +102,7 @@ async fn call_plugin(
     if matches!(plugin.pre, PluginPre::WasiHttp { .. }) {
         let outbound = outbound(req.headers());
         let state = PluginState::new(plugin.name.clone(), ctx.request_id().to_string(), rp.clone(), outbound, memory);
-        return serve_http(&plugin, state, deadline, max_body, &route.service, req)
+        return serve_http(runtime, &plugin, state, deadline, max_body, &route.service, req)
             .await
             .map_err(failed);
     }
@@ -148,7 +150,36 @@ async fn call_plugin(
     let contract = outbound.contract.clone();
     let state = PluginState::new(plugin.name.clone(), info.request_id.clone(), rp.clone(), outbound, memory);
 
-    let action = call(&plugin, state, deadline, caller, info, request).await.map_err(failed)?;
+    // A plugin whose calls run long goes to the plugin threads, below the
+    // I/O workers' priority: other routes keep their latency beside it.
+    // Its deadline counts from here: time spent waiting for a plugin thread
+    // is part of it.
+    let since = Instant::now();
+    let action = if plugin.stats.is_slow(limits.slow_call) {
+        let (slow, claim) = (plugin.clone(), Claim::default());
+        let claimed = claim.clone();
+        let offloaded = runtime.offload(async move {
+            if !claimed.start() {
+                return Err(CallError::Deadline(deadline));
+            }
+            call(&slow, state, since, deadline, caller, info, request).await
+        });
+        let mut offloaded = std::pin::pin!(offloaded);
+        let done = match tokio::time::timeout(deadline, offloaded.as_mut()).await {
+            Ok(done) => done,
+            // Still queued: it will not run.
+            Err(_) if claim.give_up() => {
+                PluginStats::bump(&plugin.stats.timeouts);
+                Ok(Err(CallError::Deadline(deadline)))
+            }
+            // Running: its own deadline (from the same instant) ends it.
+            Err(_) => offloaded.await,
+        };
+        done.unwrap_or_else(|e| Err(CallError::Trap(format!("on the plugin threads: {e}"))))
+    } else {
+        call(&plugin, state, since, deadline, caller, info, request).await
+    };
+    let action = action.map_err(failed)?;
     let bad_result = |what: &str, why: String| {
         PluginStats::bump(&plugin.stats.bad_results);
         GatewayError::PluginFailed(format!("plugin {}: invalid {what}: {why}", plugin.name))
@@ -169,6 +200,7 @@ async fn call_plugin(
 /// under `max_body`, and turns its response into the client's: the body
 /// streams out, cut short past `max_body` or when the component fails.
 async fn serve_http(
+    runtime: &Runtime,
     plugin: &Arc<LoadedPlugin>,
     state: PluginState,
     deadline: std::time::Duration,
@@ -195,7 +227,7 @@ async fn serve_http(
         })
         .boxed_unsync();
     let request_id = state.request_id.clone();
-    let answer = call::serve_http(plugin, state, deadline, Request::from_parts(parts, body)).await;
+    let answer = call::serve_http(runtime, plugin, state, deadline, Request::from_parts(parts, body)).await;
     // A body past the cap was cut short under the component: whatever it
     // made of what it got (an error, or an answer to half a request), the
     // client gets the 413 it would get on any other route.

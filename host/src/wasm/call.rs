@@ -5,6 +5,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -107,10 +108,33 @@ fn settle<T>(
     Err(err)
 }
 
-/// Runs `handle` on a fresh instance of `plugin` (of our world).
+/// Work handed to another task, claimed once: by the task when it starts,
+/// or by its waiter when the deadline passes while it is still queued. So a
+/// call is counted (and ended) by exactly one of them: a queued call by its
+/// waiter, a running one by its own deadline, which counts from the same
+/// instant.
+#[derive(Clone, Default)]
+pub struct Claim(Arc<std::sync::atomic::AtomicU8>);
+
+impl Claim {
+    /// The task: true if it may run (the waiter has not given up).
+    pub fn start(&self) -> bool {
+        self.0.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// The waiter, at the deadline: true if the task never started (it
+    /// will not now), false if it runs and will end itself.
+    pub fn give_up(&self) -> bool {
+        self.0.compare_exchange(0, 2, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+}
+
+/// Runs `handle` on a fresh instance of `plugin` (of our world), under
+/// `deadline` from `since` (when the gateway handed the call over).
 pub async fn call(
     plugin: &Arc<LoadedPlugin>,
     state: PluginState,
+    since: Instant,
     deadline: Duration,
     caller: Option<Caller>,
     info: RequestInfo,
@@ -123,22 +147,45 @@ pub async fn call(
     let _in_use = InUse::enter(&*plugin.stats);
     let _running = plugin.epoch.running();
     let mut store = new_store(pre.engine(), state, deadline);
-    let run = pre.handle(&mut store, caller.as_ref(), &info, &request);
-    // The timer is the wall-clock deadline (it fires at a yield or while a
-    // host call waits); the epoch budget above is the backstop. Most calls
-    // finish in their first poll, without ever waiting: they need no timer,
-    // so it is armed only when the call first has to wait.
-    let started = Instant::now();
-    let outcome = {
-        let mut run = std::pin::pin!(run);
-        match std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await {
-            Poll::Ready(done) => Ok(done),
-            Poll::Pending => tokio::time::timeout(deadline.saturating_sub(started.elapsed()), run)
-                .await
-                .map_err(drop),
+    let outcome = timed(
+        &plugin.stats,
+        since,
+        deadline,
+        pre.handle(&mut store, caller.as_ref(), &info, &request),
+    )
+    .await;
+    settle(plugin, &store, since, deadline, outcome)
+}
+
+/// Runs `run` under the wall-clock `deadline` from `started` (`Err(())`
+/// past it), recording in `stats` how long its polls took in all: the time
+/// its code ran (waits on services and yields left out), which decides
+/// where its next calls run. The timer fires at a yield or while a host
+/// call waits (the epoch budget is the backstop). Most calls finish in
+/// their first poll, without ever waiting: they need no timer, so it is
+/// armed only when the call first has to wait.
+async fn timed<T>(stats: &PluginStats, started: Instant, deadline: Duration, run: impl Future<Output = T>) -> Result<T, ()> {
+    let mut run = std::pin::pin!(run);
+    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    let mut busy = Duration::ZERO;
+    let outcome = std::future::poll_fn(|cx| {
+        let polled = Instant::now();
+        let done = run.as_mut().poll(cx);
+        busy += polled.elapsed();
+        if let Poll::Ready(done) = done {
+            return Poll::Ready(Ok(done));
         }
-    };
-    settle(plugin, &store, started, deadline, outcome)
+        if timer.is_none() {
+            timer.set(Some(tokio::time::sleep(deadline.saturating_sub(started.elapsed()))));
+        }
+        match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(())),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    stats.ran(busy);
+    outcome
 }
 
 /// Runs a `wasi:http` component on a fresh instance of `plugin`, as
@@ -148,6 +195,7 @@ pub async fn call(
 /// the same deadline and memory cap; a failure after the head cuts the
 /// body short (and is counted like any other).
 pub async fn serve_http(
+    runtime: &Runtime,
     plugin: &Arc<LoadedPlugin>,
     state: PluginState,
     deadline: Duration,
@@ -168,18 +216,37 @@ pub async fn serve_http(
         .and_then(|req| Ok((req, http.http().new_response_outparam(head)?)));
     let (req, out) = resources.map_err(|e| CallError::Trap(format!("preparing the request: {e:#}")))?;
     let (pre, owner) = (pre.clone(), plugin.clone());
-    let task = tokio::spawn(async move {
+    // A slow component runs on the plugin threads (`Runtime::spawn`). Its
+    // deadline counts from here, time waiting for a plugin thread included.
+    let slow = plugin.stats.is_slow(runtime.limits.slow_call);
+    let started = Instant::now();
+    let claim = Claim::default();
+    let claimed = claim.clone();
+    let task = runtime.spawn(slow, async move {
         let _in_use = in_use;
         let _running = running;
-        let started = Instant::now();
+        if !claimed.start() {
+            return Err(CallError::Deadline(deadline));
+        }
         let run = async {
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
         };
-        let outcome = tokio::time::timeout(deadline, run).await.map_err(drop);
+        let outcome = timed(&owner.stats, started, deadline, run).await;
         settle(&owner, &store, started, deadline, outcome)
     });
-    match answered.await {
+    let mut answered = std::pin::pin!(answered);
+    let answered = match tokio::time::timeout(deadline, answered.as_mut()).await {
+        Ok(answered) => answered,
+        // Still queued: it will not run.
+        Err(_) if claim.give_up() => {
+            PluginStats::bump(&plugin.stats.timeouts);
+            return Err(CallError::Deadline(deadline));
+        }
+        // Running: its own deadline (from the same instant) ends it.
+        Err(_) => answered.await,
+    };
+    match answered {
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(code)) => {
             PluginStats::bump(&plugin.stats.bad_results);

@@ -78,6 +78,8 @@ pub struct Runtime {
     /// How long plugin code took to compile (or to come from the cache),
     /// by compiler.
     pub compiles: Histograms<OneLabel>,
+    /// Where slow plugins run, started on first use.
+    threads: OnceLock<PluginThreads>,
 }
 
 impl Runtime {
@@ -100,7 +102,31 @@ impl Runtime {
             _ticker,
             baseline: OnceLock::new(),
             compiles: Family::new_with_constructor(crate::metrics::latency_histogram),
+            threads: OnceLock::new(),
         })
+    }
+
+    /// Runs `work` on the plugin threads (below the I/O workers' priority)
+    /// and waits for it; dropping the wait cancels it.
+    pub async fn offload<F>(&self, work: F) -> Result<F::Output, tokio::task::JoinError>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        Cancel(self.spawn(true, work)).await
+    }
+
+    /// Spawns `work`: on the plugin threads with `slow` (if they could
+    /// start), else on the caller's runtime.
+    pub fn spawn<F>(&self, slow: bool, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if slow && let Some(rt) = &self.threads.get_or_init(|| PluginThreads::start(&self.limits)).0 {
+            return rt.spawn(work);
+        }
+        tokio::spawn(work)
     }
 
     /// The baseline (Winch) engine, in `tiered` mode; `None` otherwise or
@@ -130,6 +156,73 @@ impl Runtime {
     /// Epoch ticks that cover `deadline` (at least one).
     pub fn ticks(deadline: Duration) -> u64 {
         (deadline.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1)
+    }
+}
+
+/// The plugin threads: a runtime of their own, below the I/O workers'
+/// priority (`plugins.threads_nice`: the kernel gives a busy nice-0 thread
+/// ~10× the CPU of a nice-10 one and ~70× that of a nice-19 one, and
+/// preempts them when it wakes). `None` if it could not start.
+struct PluginThreads(Option<tokio::runtime::Runtime>);
+
+impl PluginThreads {
+    fn start(limits: &PluginsConfig) -> PluginThreads {
+        let nice = limits.threads_nice;
+        let threads = match limits.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("gatehouse-plugin")
+            .enable_all()
+            .on_thread_start(move || lower_priority(nice))
+            .build();
+        match rt {
+            Ok(rt) => PluginThreads(Some(rt)),
+            Err(e) => {
+                tracing::error!("could not start the plugin threads, slow plugins run on the I/O workers: {e}");
+                PluginThreads(None)
+            }
+        }
+    }
+}
+
+impl Drop for PluginThreads {
+    fn drop(&mut self) {
+        // Dropped from async code at exit: do not wait for the threads.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Lowers the calling thread's priority to `nice`.
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread, no pointers.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            tracing::warn!("could not lower the plugin threads' priority: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// A task's `JoinHandle` that aborts the task when dropped.
+struct Cancel<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for Cancel<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Cancel<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -27,6 +27,9 @@ pub struct PluginStats {
     pub duration: Histogram,
     /// The largest linear memory each call had, in bytes.
     pub peak_memory: Histogram,
+    /// How long a call's code runs (its waits left out), in ns: a moving
+    /// average (1/8 per call) deciding where the next calls run.
+    pub run_ns: AtomicU64,
 }
 
 impl Default for PluginStats {
@@ -42,6 +45,7 @@ impl Default for PluginStats {
             duration: crate::metrics::latency_histogram(),
             // 64 KiB (one wasm page) to 4 GiB, ×4.
             peak_memory: Histogram::new(exponential_buckets(65_536.0, 4.0, 9)),
+            run_ns: AtomicU64::new(0),
         }
     }
 }
@@ -49,6 +53,20 @@ impl Default for PluginStats {
 impl PluginStats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Folds one call's run time into `run_ns`. Racing calls may lose an
+    /// update: it is an estimate.
+    pub fn ran(&self, took: std::time::Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.run_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        self.run_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// Whether calls run longer than `slow` on average.
+    pub fn is_slow(&self, slow: std::time::Duration) -> bool {
+        u128::from(self.run_ns.load(Ordering::Relaxed)) > slow.as_nanos()
     }
 }
 
