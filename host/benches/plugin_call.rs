@@ -104,15 +104,12 @@ fn main() {
             headers: vec![("host".into(), "localhost".into()), ("x-user-id".into(), "42".into())],
             body: Vec::new(),
         };
-        call(
-            &plugin,
-            state,
-            std::time::Instant::now(),
-            Duration::from_millis(200),
-            caller,
-            info,
-            request,
-        )
+        let budget = gatehouse::wasm::call::Budget {
+            since: std::time::Instant::now(),
+            deadline: Duration::from_millis(200),
+            claim: None,
+        };
+        call(&plugin, state, budget, caller, info, request)
     };
 
     // The host-side share: the per-request state (limits, settings, the way

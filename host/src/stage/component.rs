@@ -25,7 +25,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::snapshot::Snapshot;
 use crate::wasm::bindings::PluginPre;
 use crate::wasm::bindings::{self, Action, Caller, RequestInfo};
-use crate::wasm::call::Claim;
+use crate::wasm::call::{Budget, Claim};
 use crate::wasm::host::PluginState;
 use crate::wasm::outbound::{Outbound, to_http, to_http_response, to_wit_headers};
 use crate::wasm::plugin::PluginStats;
@@ -162,22 +162,33 @@ async fn call_plugin(
             if !claimed.start() {
                 return Err(CallError::Deadline(deadline));
             }
-            call(&slow, state, since, deadline, caller, info, request).await
+            let budget = Budget {
+                since,
+                deadline,
+                claim: Some(&claimed),
+            };
+            call(&slow, state, budget, caller, info, request).await
         });
         let mut offloaded = std::pin::pin!(offloaded);
         let done = match tokio::time::timeout(deadline, offloaded.as_mut()).await {
             Ok(done) => done,
-            // Still queued: it will not run.
+            // The client gets its 504 now, whether or not the plugin thread
+            // has run since; dropping `offloaded` cuts the call at its next yield.
             Err(_) if claim.give_up() => {
                 PluginStats::bump(&plugin.stats.timeouts);
                 Ok(Err(CallError::Deadline(deadline)))
             }
-            // Running: its own deadline (from the same instant) ends it.
+            // It settled just now: its outcome is on the way.
             Err(_) => offloaded.await,
         };
         done.unwrap_or_else(|e| Err(CallError::Trap(format!("on the plugin threads: {e}"))))
     } else {
-        call(&plugin, state, since, deadline, caller, info, request).await
+        let budget = Budget {
+            since,
+            deadline,
+            claim: None,
+        };
+        call(&plugin, state, budget, caller, info, request).await
     };
     let action = action.map_err(failed)?;
     let bad_result = |what: &str, why: String| {

@@ -85,7 +85,10 @@ fn settle<T>(
     started: Instant,
     deadline: Duration,
     outcome: Result<wasmtime::Result<T>, ()>,
+    claim: Option<&Claim>,
 ) -> Result<T, CallError> {
+    // A call its waiter gave up on was counted (a timeout) by the waiter.
+    let counted = claim.is_none_or(Claim::settle);
     store.data().flush_stdio();
     plugin.stats.duration.observe(started.elapsed().as_secs_f64());
     plugin.stats.peak_memory.observe(store.data().limiter.peak as f64);
@@ -104,38 +107,62 @@ fn settle<T>(
         CallError::Trap(_) => &plugin.stats.traps,
         CallError::NoResponse(_) => &plugin.stats.bad_results,
     };
-    PluginStats::bump(counter);
+    if counted {
+        PluginStats::bump(counter);
+    }
     Err(err)
 }
 
-/// Work handed to another task, claimed once: by the task when it starts,
-/// or by its waiter when the deadline passes while it is still queued. So a
-/// call is counted (and ended) by exactly one of them: a queued call by its
-/// waiter, a running one by its own deadline, which counts from the same
-/// instant.
+/// Work handed to another task, whose end is claimed once: by the task
+/// when it settles, or by its waiter when the deadline passes first (the
+/// client gets its 504 then, even if the task's low-priority thread has not
+/// run since). Whoever claims it counts it; a task not yet started when its
+/// waiter gives up never runs.
 #[derive(Clone, Default)]
 pub struct Claim(Arc<std::sync::atomic::AtomicU8>);
 
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const GIVEN_UP: u8 = 2;
+const SETTLED: u8 = 3;
+
 impl Claim {
-    /// The task: true if it may run (the waiter has not given up).
+    /// The task, before it runs: false if its waiter has given up.
     pub fn start(&self) -> bool {
-        self.0.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.swap(QUEUED, RUNNING)
     }
 
-    /// The waiter, at the deadline: true if the task never started (it
-    /// will not now), false if it runs and will end itself.
+    /// The task, as it ends: false if its waiter gave up first.
+    fn settle(&self) -> bool {
+        self.swap(RUNNING, SETTLED)
+    }
+
+    /// The waiter, at the deadline: true if it claims the end (a timeout
+    /// to count; the task will not run, or is cut at its next yield),
+    /// false if the task has settled and its result is on the way.
     pub fn give_up(&self) -> bool {
-        self.0.compare_exchange(0, 2, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.swap(QUEUED, GIVEN_UP) || self.swap(RUNNING, GIVEN_UP)
+    }
+
+    fn swap(&self, from: u8, to: u8) -> bool {
+        self.0.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 }
 
-/// Runs `handle` on a fresh instance of `plugin` (of our world), under
-/// `deadline` from `since` (when the gateway handed the call over).
+/// A call's time: `deadline` from `since` (when the gateway handed it
+/// over), and, when it runs on another task, the claim on its end.
+#[derive(Clone, Copy)]
+pub struct Budget<'a> {
+    pub since: Instant,
+    pub deadline: Duration,
+    pub claim: Option<&'a Claim>,
+}
+
+/// Runs `handle` on a fresh instance of `plugin` (of our world).
 pub async fn call(
     plugin: &Arc<LoadedPlugin>,
     state: PluginState,
-    since: Instant,
-    deadline: Duration,
+    budget: Budget<'_>,
     caller: Option<Caller>,
     info: RequestInfo,
     request: Request,
@@ -143,6 +170,7 @@ pub async fn call(
     let PluginPre::Gatehouse(pre) = &plugin.pre else {
         return Err(CallError::Trap("not a component of the gatehouse:plugin world".into()));
     };
+    let Budget { since, deadline, .. } = budget;
     PluginStats::bump(&plugin.stats.calls);
     let _in_use = InUse::enter(&*plugin.stats);
     let _running = plugin.epoch.running();
@@ -154,7 +182,7 @@ pub async fn call(
         pre.handle(&mut store, caller.as_ref(), &info, &request),
     )
     .await;
-    settle(plugin, &store, since, deadline, outcome)
+    settle(plugin, &store, since, deadline, outcome, budget.claim)
 }
 
 /// Runs `run` under the wall-clock `deadline` from `started` (`Err(())`
@@ -233,17 +261,17 @@ pub async fn serve_http(
             proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
         };
         let outcome = timed(&owner.stats, started, deadline, run).await;
-        settle(&owner, &store, started, deadline, outcome)
+        settle(&owner, &store, started, deadline, outcome, Some(&claimed))
     });
     let mut answered = std::pin::pin!(answered);
     let answered = match tokio::time::timeout(deadline, answered.as_mut()).await {
         Ok(answered) => answered,
-        // Still queued: it will not run.
         Err(_) if claim.give_up() => {
+            task.abort();
             PluginStats::bump(&plugin.stats.timeouts);
             return Err(CallError::Deadline(deadline));
         }
-        // Running: its own deadline (from the same instant) ends it.
+        // It settled just now: its outcome is on the way.
         Err(_) => answered.await,
     };
     match answered {
@@ -280,5 +308,28 @@ pub async fn probe(rt: &Runtime, pre: &PluginPre, epoch: &Epoch, name: &str) -> 
         Err(e) if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() => Ok(()),
         Err(_) if store.data().limiter.memory_hit => Err(format!("it needs more than the {} bytes of memory allowed", rt.limits.memory)),
         Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Claim;
+
+    #[test]
+    fn a_call_s_end_is_claimed_once() {
+        // Given up while queued: it never runs, the waiter counts it.
+        let c = Claim::default();
+        assert!(c.give_up());
+        assert!(!c.start());
+        // Given up while running: the waiter counts it, the task does not.
+        let c = Claim::default();
+        assert!(c.start());
+        assert!(c.give_up());
+        assert!(!c.settle());
+        // Settled first: the task counts it, the waiter waits for its result.
+        let c = Claim::default();
+        assert!(c.start());
+        assert!(c.settle());
+        assert!(!c.give_up());
     }
 }
