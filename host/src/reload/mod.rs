@@ -136,7 +136,7 @@ fn optimize_later(reloader: &Arc<Reloader>, plugin: Arc<LoadedPlugin>) {
     let worker = reloader.clone();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        match optimize(&worker.runtime, &plugin) {
+        match worker.runtime.in_background(|| optimize(&worker.runtime, &plugin)) {
             Ok(better) => {
                 let _ = worker.reloads.tx.send(Job::Optimized(Box::new(better), started.elapsed()));
             }

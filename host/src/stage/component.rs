@@ -158,7 +158,9 @@ async fn call_plugin(
     let action = if plugin.stats.is_slow(limits.slow_call) {
         let (slow, claim) = (plugin.clone(), Claim::default());
         let claimed = claim.clone();
-        let offloaded = runtime.offload(async move {
+        // Boxed: inline, this branch's future (a whole call) would make
+        // every plugin request's future that much larger to move.
+        let offloaded = runtime.offload(Box::pin(async move {
             if !claimed.start() {
                 return Err(CallError::Deadline(deadline));
             }
@@ -168,7 +170,7 @@ async fn call_plugin(
                 claim: Some(&claimed),
             };
             call(&slow, state, budget, caller, info, request).await
-        });
+        }));
         let mut offloaded = std::pin::pin!(offloaded);
         let done = match tokio::time::timeout(deadline, offloaded.as_mut()).await {
             Ok(done) => done,

@@ -4,6 +4,7 @@
 //! classify whatever went wrong.
 
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -175,13 +176,10 @@ pub async fn call(
     let _in_use = InUse::enter(&*plugin.stats);
     let _running = plugin.epoch.running();
     let mut store = new_store(pre.engine(), state, deadline);
-    let outcome = timed(
-        &plugin.stats,
-        since,
-        deadline,
-        pre.handle(&mut store, caller.as_ref(), &info, &request),
-    )
-    .await;
+    let outcome = {
+        let run = std::pin::pin!(pre.handle(&mut store, caller.as_ref(), &info, &request));
+        timed(&plugin.stats, since, deadline, run).await
+    };
     settle(plugin, &store, since, deadline, outcome, budget.claim)
 }
 
@@ -192,8 +190,10 @@ pub async fn call(
 /// call waits (the epoch budget is the backstop). Most calls finish in
 /// their first poll, without ever waiting: they need no timer, so it is
 /// armed only when the call first has to wait.
-async fn timed<T>(stats: &PluginStats, started: Instant, deadline: Duration, run: impl Future<Output = T>) -> Result<T, ()> {
-    let mut run = std::pin::pin!(run);
+///
+/// `run` is pinned by the caller: a call's future is kilobytes, and moving
+/// it into this one would copy it on every call.
+async fn timed<F: Future>(stats: &PluginStats, started: Instant, deadline: Duration, mut run: Pin<&mut F>) -> Result<F::Output, ()> {
     let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
     let mut busy = Duration::ZERO;
     let outcome = std::future::poll_fn(|cx| {
@@ -260,7 +260,10 @@ pub async fn serve_http(
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
         };
-        let outcome = timed(&owner.stats, started, deadline, run).await;
+        let outcome = {
+            let run = std::pin::pin!(run);
+            timed(&owner.stats, started, deadline, run).await
+        };
         settle(&owner, &store, started, deadline, outcome, Some(&claimed))
     });
     let mut answered = std::pin::pin!(answered);

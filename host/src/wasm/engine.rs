@@ -80,6 +80,8 @@ pub struct Runtime {
     pub compiles: Histograms<OneLabel>,
     /// Where slow plugins run, started on first use.
     threads: OnceLock<PluginThreads>,
+    /// Where background (optimizing) compiles run, started on first use.
+    optimizer: OnceLock<Option<rayon::ThreadPool>>,
 }
 
 impl Runtime {
@@ -103,7 +105,27 @@ impl Runtime {
             baseline: OnceLock::new(),
             compiles: Family::new_with_constructor(crate::metrics::latency_histogram),
             threads: OnceLock::new(),
+            optimizer: OnceLock::new(),
         })
+    }
+
+    /// Runs `work` (a compile nobody waits for) on the optimizer threads: as
+    /// many as cores, at nice 19, so the compiles it runs in parallel leave
+    /// the CPU to requests and to the baseline compiles of a reload, which
+    /// run on rayon's global pool meanwhile.
+    pub fn in_background<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let pool = self.optimizer.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("gatehouse-optimize-{i}"))
+                .start_handler(|_| lower_priority(19))
+                .build()
+                .inspect_err(|e| tracing::warn!("no optimizer threads, optimizing compiles share the CPU: {e}"))
+                .ok()
+        });
+        match pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
     }
 
     /// Runs `work` on the plugin threads (below the I/O workers' priority)
