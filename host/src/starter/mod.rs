@@ -115,13 +115,9 @@ fn route_snippet(name: &str) -> String {
     format!("[[route]]\nprefix = \"/api/v1/{name}\"\nauth = \"required\"\nplugin = \"{name}\"\n\n[route.settings]\ngreeting = \"hello\"\n")
 }
 
-fn rust(name: &str) -> Result<Vec<(PathBuf, String)>, String> {
-    let lib = RUST_TEMPLATE.replace("path: \"../../wit\"", "path: \"wit\"");
-    if lib == RUST_TEMPLATE {
-        return Err("the Rust template no longer names ../../wit: update starter::rust".into());
-    }
-    let file = name.replace('-', "_");
-    let cargo = format!(
+/// A Rust starter's `Cargo.toml` with `dependencies` (lines).
+fn cargo_toml(name: &str, dependencies: &str) -> String {
+    format!(
         r#"[package]
 name = "{name}"
 version = "0.1.0"
@@ -134,8 +130,7 @@ publish = false
 crate-type = ["cdylib"]
 
 [dependencies]
-wit-bindgen = "{WIT_BINDGEN}"
-
+{dependencies}
 # Small, fast components. A panic traps; the gateway answers that request
 # with a 500 and the next one runs on a fresh instance.
 [profile.release]
@@ -145,7 +140,16 @@ codegen-units = 1
 strip = true
 panic = "abort"
 "#
-    );
+    )
+}
+
+fn rust(name: &str) -> Result<Vec<(PathBuf, String)>, String> {
+    let lib = RUST_TEMPLATE.replace("path: \"../../wit\"", "path: \"wit\"");
+    if lib == RUST_TEMPLATE {
+        return Err("the Rust template no longer names ../../wit: update starter::rust".into());
+    }
+    let file = name.replace('-', "_");
+    let cargo = cargo_toml(name, &format!("wit-bindgen = \"{WIT_BINDGEN}\"\n"));
     let config = r#"# A 64 KiB shadow stack instead of Rust's 1 MiB: every instance (one per
 # request) starts ~1 MiB smaller, with less to map and reset. Raise it for a
 # plugin that recurses deeply.
@@ -262,29 +266,9 @@ fn wasi_http_wit(version: &str) -> Vec<(PathBuf, String)> {
 
 fn rust_http(name: &str) -> Vec<(PathBuf, String)> {
     let file = name.replace('-', "_");
-    let cargo = format!(
-        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-# A cdylib is what becomes the component: without it the build succeeds and
-# writes no .wasm.
-[lib]
-crate-type = ["cdylib"]
-
-[dependencies]
-# wasi 0.2.12's bindings and the `wasi:http/proxy` export macro.
-wasip2 = "{WASIP2}"
-
-[profile.release]
-opt-level = 3
-lto = true
-codegen-units = 1
-strip = true
-panic = "abort"
-"#
+    let cargo = cargo_toml(
+        name,
+        &format!("# wasi 0.2.12's bindings and the `wasi:http/proxy` export macro.\nwasip2 = \"{WASIP2}\"\n"),
     );
     let config = "# A 64 KiB shadow stack instead of Rust's 1 MiB: every instance (one per\n\
                   # request) starts ~1 MiB smaller. Raise it for a plugin that recurses deeply.\n\
