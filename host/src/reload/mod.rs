@@ -132,11 +132,24 @@ async fn serve_queue(reloader: &Arc<Reloader>, mut rx: mpsc::UnboundedReceiver<J
 
 /// Builds the optimized code of a plugin that serves baseline code, in a
 /// blocking task; the reload task swaps it in when it is ready.
+/// Content already on its way is not queued again: its build fills the
+/// compile cache and replaces whichever version of it serves then.
 fn optimize_later(reloader: &Arc<Reloader>, plugin: Arc<LoadedPlugin>) {
+    let optimizing = || reloader.runtime.optimizing.lock().unwrap_or_else(|e| e.into_inner());
+    if !optimizing().insert(plugin.sha256.clone()) {
+        return;
+    }
     let worker = reloader.clone();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        match worker.runtime.in_background(|| optimize(&worker.runtime, &plugin)) {
+        let built = worker.runtime.in_background(|| optimize(&worker.runtime, &plugin));
+        worker
+            .runtime
+            .optimizing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&plugin.sha256);
+        match built {
             Ok(better) => {
                 let _ = worker.reloads.tx.send(Job::Optimized(Box::new(better), started.elapsed()));
             }
@@ -159,6 +172,12 @@ fn install_optimized(reloader: &Reloader, plugin: LoadedPlugin, took: Duration) 
     if serving.sha256 != plugin.sha256 || serving.pending_optimization.is_none() {
         return; // replaced by newer content meanwhile
     }
+    // The version that serves keeps its counters and load time.
+    let plugin = LoadedPlugin {
+        stats: serving.stats.clone(),
+        loaded_at: serving.loaded_at,
+        ..plugin
+    };
     let mut plugins = (*current.plugins).clone();
     let name = plugin.name.to_string();
     let compiler = plugin.compiler;

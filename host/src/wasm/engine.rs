@@ -82,6 +82,9 @@ pub struct Runtime {
     threads: OnceLock<PluginThreads>,
     /// Where background (optimizing) compiles run, started on first use.
     optimizer: OnceLock<Option<rayon::ThreadPool>>,
+    /// Content (sha256) whose optimized build is under way: one job per
+    /// content, however often a reload brings it back meanwhile.
+    pub optimizing: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Runtime {
@@ -106,6 +109,7 @@ impl Runtime {
             compiles: Family::new_with_constructor(crate::metrics::latency_histogram),
             threads: OnceLock::new(),
             optimizer: OnceLock::new(),
+            optimizing: Default::default(),
         })
     }
 
