@@ -199,21 +199,27 @@ fn python(name: &str) -> Vec<(PathBuf, String)> {
     ]
 }
 
-fn js(name: &str) -> Vec<(PathBuf, String)> {
-    let package = format!(
+/// A JavaScript starter's `package.json`: componentize-js pinned, `npm run
+/// build` building `world` from `wit/`.
+fn package_json(name: &str, world: &str) -> String {
+    format!(
         r#"{{
   "name": "{name}",
   "private": true,
   "type": "module",
   "scripts": {{
-    "build": "componentize-js app.js --wit wit --world-name route-handler -o {name}.wasm"
+    "build": "componentize-js app.js --wit wit --world-name {world} -o {name}.wasm"
   }},
   "devDependencies": {{
     "@bytecodealliance/componentize-js": "{COMPONENTIZE_JS}"
   }}
 }}
 "#
-    );
+    )
+}
+
+fn js(name: &str) -> Vec<(PathBuf, String)> {
+    let package = package_json(name, "route-handler");
     let readme = format!(
         "# {name}\n\nA Gatehouse route handler (world `gatehouse:plugin/route-handler@{CONTRACT_VERSION}`), in JavaScript.\n\n\
          Build (Node.js 18 or later; `npm install` fetches componentize-js {COMPONENTIZE_JS} once):\n\n\
@@ -311,20 +317,7 @@ fn python_http(name: &str) -> Vec<(PathBuf, String)> {
 }
 
 fn js_http(name: &str) -> Vec<(PathBuf, String)> {
-    let package = format!(
-        r#"{{
-  "name": "{name}",
-  "private": true,
-  "type": "module",
-  "scripts": {{
-    "build": "componentize-js app.js --wit wit --world-name handler -o {name}.wasm"
-  }},
-  "devDependencies": {{
-    "@bytecodealliance/componentize-js": "{COMPONENTIZE_JS}"
-  }}
-}}
-"#
-    );
+    let package = package_json(name, "handler");
     let readme = format!(
         "# {name}\n\nA Gatehouse route handler of the standard `wasi:http/proxy` world, in JavaScript (a `fetch` event\n\
          handler, componentize-js).\n\n\
