@@ -171,19 +171,13 @@ async fn call_plugin(
             };
             call(&slow, state, budget, caller, info, request).await
         }));
-        let mut offloaded = std::pin::pin!(offloaded);
-        let done = match tokio::time::timeout(deadline, offloaded.as_mut()).await {
-            Ok(done) => done,
-            // The client gets its 504 now, whether or not the plugin thread
-            // has run since; dropping `offloaded` cuts the call at its next yield.
-            Err(_) if claim.give_up() => {
-                PluginStats::bump(&plugin.stats.timeouts);
-                Ok(Err(CallError::Deadline(deadline)))
-            }
-            // It settled just now: its outcome is on the way.
-            Err(_) => offloaded.await,
-        };
-        done.unwrap_or_else(|e| Err(CallError::Trap(format!("on the plugin threads: {e}"))))
+        // Past the deadline the client gets its 504 at once, whether or not
+        // the plugin thread has run since (dropping the wait cancels it).
+        match claim.wait(&plugin.stats, deadline, offloaded).await {
+            Some(Ok(done)) => done,
+            Some(Err(e)) => Err(CallError::Trap(format!("on the plugin threads: {e}"))),
+            None => Err(CallError::Deadline(deadline)),
+        }
     } else {
         let budget = Budget {
             since,

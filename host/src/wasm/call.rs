@@ -145,6 +145,22 @@ impl Claim {
         self.swap(QUEUED, GIVEN_UP) || self.swap(RUNNING, GIVEN_UP)
     }
 
+    /// The waiter: `work`'s outcome, or `None` once `deadline` passes and
+    /// the end is claimed here (counted as a timeout: the caller answers 504
+    /// and drops or aborts the work, cut at its next yield).
+    pub async fn wait<F: Future>(&self, stats: &PluginStats, deadline: Duration, work: F) -> Option<F::Output> {
+        let mut work = std::pin::pin!(work);
+        match tokio::time::timeout(deadline, work.as_mut()).await {
+            Ok(done) => Some(done),
+            Err(_) if self.give_up() => {
+                PluginStats::bump(&stats.timeouts);
+                None
+            }
+            // It settled just now: its outcome is on the way.
+            Err(_) => Some(work.await),
+        }
+    }
+
     fn swap(&self, from: u8, to: u8) -> bool {
         self.0.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
@@ -266,16 +282,9 @@ pub async fn serve_http(
         };
         settle(&owner, &store, started, deadline, outcome, Some(&claimed))
     });
-    let mut answered = std::pin::pin!(answered);
-    let answered = match tokio::time::timeout(deadline, answered.as_mut()).await {
-        Ok(answered) => answered,
-        Err(_) if claim.give_up() => {
-            task.abort();
-            PluginStats::bump(&plugin.stats.timeouts);
-            return Err(CallError::Deadline(deadline));
-        }
-        // It settled just now: its outcome is on the way.
-        Err(_) => answered.await,
+    let Some(answered) = claim.wait(&plugin.stats, deadline, answered).await else {
+        task.abort();
+        return Err(CallError::Deadline(deadline));
     };
     match answered {
         Ok(Ok(resp)) => Ok(resp),
