@@ -4,7 +4,10 @@
 use std::process::Command;
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // Read when the script runs, not baked in when it compiles: a target
+    // directory shared by two checkouts reuses one compiled script.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = std::path::Path::new(&manifest_dir).join("..");
     let sha = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(&root)
