@@ -474,7 +474,7 @@ fn a_slow_plugin_moves_to_the_low_priority_plugin_threads() {
     let demo = Demo::start();
     // A debug build's host takes about a millisecond per call: the line
     // between cheap and slow is drawn well above it.
-    let gw = fault_gateway_with(&demo, "slow_call = \"10ms\"\n");
+    let gw = fault_gateway_with(&demo, "slow_call = \"10ms\"\nthreads_nice = 19\n");
     let tok = token("42", Some("pro"));
     let pid = gw.proc.child.id();
     let fault = |gw: &Gateway| admin_plugins(gw).into_iter().find(|p| p["name"] == "fault").unwrap();

@@ -294,8 +294,18 @@ pub fn write_config(demo: &Demo, setup: &Setup) -> (tempfile::TempDir, PathBuf) 
     } else {
         format!("cache_dir = {:?}\n", cache.display().to_string())
     };
+    // In a debug build every plugin is "slow" and its calls move to the
+    // plugin threads. At their default nice 19 they get almost no CPU while
+    // the other tests' gateways and compiles keep both cores busy, and a
+    // call could wait past its deadline: a 504 that says nothing about the
+    // code under test. The nice level has its own test (plugins.rs).
+    let nice_line = if setup.plugin_limits.contains("threads_nice") {
+        ""
+    } else {
+        "threads_nice = 0\n"
+    };
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n\n[plugins]\n{cache_line}{}\n\n[reload]\n{}\n\n[websocket]\n{}\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{}\n[upstream]\n{}\n[auth]\n{secret}{}\n\n[plugins]\n{cache_line}{nice_line}{}\n\n[reload]\n{}\n\n[websocket]\n{}\n",
         setup.server, setup.upstream, setup.auth, setup.plugin_limits, setup.reload, setup.websocket
     );
     let path = dir.path().join("gatehouse.toml");
