@@ -5,12 +5,16 @@
 #                     instance per request; the plugin answers itself)
 #   wasmtime-serve    `wasmtime serve` 48 with an equivalent wasi:http hello
 #                     component, at its fastest fresh-instance settings
+#   gatehouse-floor   (FLOOR=1) a route whose plugin does nothing: the
+#                     bench/plugin-floor component (no std, no imports,
+#                     answers `200 {}`), what any plugin route costs at least
 # Servers run on core 0, wrk (and the upstream) on core 1. Reports req/s, p99
 # and the server's CPU µs per request from /proc/<pid>/stat.
 #
 #   bench/plugins.sh                       # 3 rounds × 10 s
 #   ROUNDS=5 DURATION=20 bench/plugins.sh
 #   WASMTIME=0 bench/plugins.sh            # without wasmtime serve (no install)
+#   FLOOR=1 bench/plugins.sh               # also the floor plugin's route
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +45,12 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 plugin_setup $UP_PORT $GH_PORT $ADMIN_PORT
+FLOOR=${FLOOR:-0}
+if [ "$FLOOR" = 1 ]; then
+  (cd bench/plugin-floor && cargo build --quiet --release --target wasm32-wasip2)
+  cp bench/plugin-floor/target/wasm32-wasip2/release/plugin_floor.wasm "$work/plugins/floor.wasm"
+  printf '\n[[route]]\nprefix = "/api/v1/floor"\nauth = "required"\nplugin = "floor"\n' >>"$work/routes/bench.toml"
+fi
 
 export GATEHOUSE_JWT_SECRET=bench-secret-bench-secret-bench-secret
 TOKEN=$(./target/release/gatehouse token --sub 42 --tier pro --ttl 2h)
@@ -65,6 +75,12 @@ check() { # url expected-substring
 }
 check "http://127.0.0.1:$GH_PORT/api/bench" "ok"
 check "http://127.0.0.1:$GH_PORT/api/v1/hello" '"user_id":"42"'
+[ "$FLOOR" != 1 ] || check "http://127.0.0.1:$GH_PORT/api/v1/floor" "{}"
+# The plugins' optimized code, not the baseline code serving while it compiles.
+for _ in $(seq 100); do
+  curl -s "http://127.0.0.1:$ADMIN_PORT/admin/plugins" | grep -q '"optimizing":true' || break
+  sleep 0.2
+done
 [ "$WASMTIME" != 1 ] || check "http://127.0.0.1:$WT_PORT/hello" "hello, stranger"
 
 echo "bench: $ROUNDS rounds × ${DURATION}s, $CONNS connections, wrk -t1 on core 1, servers on core 0"
@@ -72,6 +88,7 @@ for round in $(seq "$ROUNDS"); do
   echo "round $round"
   measure gatehouse-native "http://127.0.0.1:$GH_PORT/api/bench" "$gh_pid"
   measure gatehouse-hello "http://127.0.0.1:$GH_PORT/api/v1/hello" "$gh_pid"
+  [ "$FLOOR" != 1 ] || measure gatehouse-floor "http://127.0.0.1:$GH_PORT/api/v1/floor" "$gh_pid"
   [ "$WASMTIME" != 1 ] || measure wasmtime-serve "http://127.0.0.1:$WT_PORT/hello" "$wt_pid"
 done
 
@@ -79,4 +96,5 @@ echo
 echo "median over $ROUNDS rounds:"
 ratios=("hello plugin / native route:gatehouse-hello:gatehouse-native")
 [ "$WASMTIME" != 1 ] || ratios+=("hello plugin / wasmtime serve:gatehouse-hello:wasmtime-serve")
+[ "$FLOOR" != 1 ] || ratios+=("floor plugin / native route:gatehouse-floor:gatehouse-native")
 summarize "${ratios[@]}"
