@@ -84,12 +84,8 @@ count() {
   [ "$code" = 200 ] || { echo "$name did not answer 200 (got $code); see $work/$name.log" >&2; exit 1; }
   curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port$path?warm=[1-300]"
   if [ "$path" != /api/bench ]; then
-    # Count the optimized code, not the baseline code that serves while it
-    # compiles (minutes under valgrind).
-    for _ in $(seq 600); do
-      curl -s http://127.0.0.1:19911/admin/plugins | grep -q '"optimizing":true' || break
-      sleep 1
-    done
+    # Compiling takes minutes under valgrind.
+    wait_optimized 19911 600
     curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port$path?warm=[1-300]"
   fi
   callgrind_control -i on "$vg" >/dev/null 2>&1

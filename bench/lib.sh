@@ -187,3 +187,13 @@ summarize() {
         printf "%s: throughput %.2f×, p99 %.2f×, CPU per request %.2f× (user %.2f×)\n", f[1], r[f[2]] / r[f[3]], p[f[2]] / p[f[3]], c[f[2]] / c[f[3]], u[f[2]] / u[f[3]] }
     }' "$work/results"
 }
+
+# Waits up to $2 seconds (default 20) until no plugin of the gateway whose
+# admin API is on port $1 is being optimized: a benchmark measures the
+# optimized code, not the baseline code that serves while it compiles.
+wait_optimized() { # admin-port [seconds]
+  for _ in $(seq $((${2:-20} * 2))); do
+    curl -s "http://127.0.0.1:$1/admin/plugins" | grep -q '"optimizing":true' || return 0
+    sleep 0.5
+  done
+}

@@ -76,11 +76,7 @@ check() { # url expected-substring
 check "http://127.0.0.1:$GH_PORT/api/bench" "ok"
 check "http://127.0.0.1:$GH_PORT/api/v1/hello" '"user_id":"42"'
 [ "$FLOOR" != 1 ] || check "http://127.0.0.1:$GH_PORT/api/v1/floor" "{}"
-# The plugins' optimized code, not the baseline code serving while it compiles.
-for _ in $(seq 100); do
-  curl -s "http://127.0.0.1:$ADMIN_PORT/admin/plugins" | grep -q '"optimizing":true' || break
-  sleep 0.2
-done
+wait_optimized $ADMIN_PORT
 [ "$WASMTIME" != 1 ] || check "http://127.0.0.1:$WT_PORT/hello" "hello, stranger"
 
 echo "bench: $ROUNDS rounds × ${DURATION}s, $CONNS connections, wrk -t1 on core 1, servers on core 0"
